@@ -1,0 +1,25 @@
+# The two commands of README.md: `make study` (the main job) and `make test`.
+# Each creates .venv on first use: torch==2.13.0 first (a CPU build; an unpinned torch
+# pulls a CUDA build of several GB), then this project with its test extras.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
+
+.PHONY: study test install
+
+$(BIN)/semiseg-study: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/semiseg-study
+
+study: install
+	$(BIN)/semiseg-study train --out runs/main
+
+test: install
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,127 @@
+"""The ``semiseg-study`` command line.
+
+Library code raises; this module turns errors into one clear line on stderr and an
+exit code: 2 for bad input (config, arguments), 1 for a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"semiseg-study: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("semiseg-study: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failed run: one line, not a traceback
+        print(f"semiseg-study: {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semiseg-study",
+        description="Hyperparameter studies of semi-supervised segmentation with a class-wise memory bank "
+                    "(Alonso et al., ICCV 2021).")
+    commands = parser.add_subparsers(dest="command")
+
+    train = commands.add_parser("train", help="one training run of the method",
+                                description="Train once: preset of the dataset <- --config file <- --set values.")
+    train.add_argument("--config", type=Path, help="TrainConfig JSON (fields not given keep the dataset preset)")
+    train.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                       help="override config fields, e.g. --set lr=0.01 bank_size=512")
+    train.add_argument("--out", type=Path, help="output folder (default: runs/train-<time>)")
+    train.add_argument("--resume", type=Path, help="continue from a checkpoint.pt written by a previous run")
+    train.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    train.set_defaults(handler=_train)
+    return parser
+
+
+def load_config(config: Path | None, assignments: Sequence[str]) -> TrainConfig:
+    """The dataset's preset, then the JSON file, then ``key=value`` overrides, validated."""
+    values: dict = {}
+    if config is not None:
+        values.update(TrainConfig.load(config).to_dict())
+    for text in assignments:
+        key, value = parse_assignment(text)
+        values[key] = value
+    return TrainConfig.from_dict(values)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        for name, text in field_help().items():
+            print(f"{name:30s} {text}")
+        return 0
+    cfg = load_config(args.config, args.assignments)
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+
+    from tqdm import tqdm
+
+    from trainer.fit import Trainer
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            label = {"pretrain": "pretraining the digit backbone (once; cached)", "train": "training"}[stage]
+            bars[stage] = tqdm(total=total, desc=label, unit="it", dynamic_ncols=True, leave=stage == "train")
+        bars[stage].update(done - bars[stage].n)
+        if done == total and stage == "pretrain":
+            bars[stage].close()
+
+    trainer = Trainer(cfg, progress=progress)
+    if args.resume:
+        if not args.resume.is_file():
+            raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
+        trainer.load(args.resume)
+    metrics_path = out / "metrics.jsonl"
+    with metrics_path.open("a") as metrics:
+        while trainer.iteration < cfg.iterations:
+            trainer.train_step()
+            progress("train", trainer.iteration, cfg.iterations)
+            if trainer.iteration % cfg.eval_every == 0 or trainer.iteration == cfg.iterations:
+                evaluation = trainer.evaluation("val")
+                trainer.save(out / "checkpoint.pt")
+                metrics.write(json.dumps(evaluation.as_dict()) + "\n")
+                metrics.flush()
+                bars["train"].write(
+                    f"iter {evaluation.iteration:>6}/{cfg.iterations}  val mIoU {100 * evaluation.miou:5.1f}  "
+                    f"loss {evaluation.losses['total']:.3f}  bank {100 * sum(evaluation.bank_fill) / len(evaluation.bank_fill):3.0f}%  "
+                    f"{evaluation.images_per_second:6.1f} img/s")
+        if "train" in bars:
+            bars["train"].close()
+        val_miou, _ = trainer.evaluate("val")
+        test_miou, test_iou = trainer.evaluate("test")
+        final = {"final": True, "iteration": trainer.iteration, "val_miou": val_miou, "test_miou": test_miou,
+                 "test_iou": test_iou, "train_seconds": trainer.train_seconds}
+        metrics.write(json.dumps(final) + "\n")
+    print(f"final ({cfg.eval_model}): val mIoU {100 * val_miou:.1f}  test mIoU {100 * test_miou:.1f}  "
+          f"in {trainer.train_seconds:.0f} s of training; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""TrainConfig: every number of the method in one dataclass, with the paper's values.
+
+The defaults are those of the paper and its official code for PASCAL VOC
+(Alonso et al., ICCV 2021). A dataset preset (see ``trainer.presets``) changes
+the few values a dataset needs, the embedded ``digits`` data first of all.
+
+A config is plain data: it round-trips through JSON, and ``validate`` checks
+every field against a declared range so that a typo or a bad value is an error
+that names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which and what is allowed."""
+
+
+def _spec(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # --- data and budget -------------------------------------------------------------
+    dataset: str = _spec("digits", "dataset name", choices=("digits", "voc", "cityscapes", "gta5_cityscapes"))
+    data_root: str = _spec("", "root folder of a real dataset (unused by digits)")
+    labeled_fraction: float = _spec(1 / 20, "fraction of the training images that keep their labels",
+                                    low=0.0, high=1.0, low_open=True)
+    image_size: int = _spec(321, "side of the square training crop, pixels", low=16, high=4096)
+    batch_labeled: int = _spec(14, "labeled images per step", low=2, high=1024)
+    batch_unlabeled: int = _spec(14, "unlabeled views per step (two strong views per image, so even)",
+                                 low=2, high=1024)
+    iterations: int = _spec(150_000, "training iterations", low=1, high=10**8)
+    eval_every: int = _spec(1000, "evaluate on the val split every this many iterations", low=1, high=10**8)
+    seed: int = _spec(7, "seed of every random choice of the run", low=0, high=2**31 - 1)
+    device: str = _spec("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
+
+    # --- augmentation (geometry; colour and blur strengths are the official code's) -------------
+    aug_scale_min: float = _spec(0.75, "smallest random zoom factor", low=0.1, high=10.0)
+    aug_scale_max: float = _spec(1.75, "largest random zoom factor", low=0.1, high=10.0)
+    aug_shift: float = _spec(0.0, "largest random shift, as a fraction of the image side", low=0.0, high=1.0)
+    hflip: bool = _spec(True, "mirror half the images (off for digits: a mirrored digit is another shape)")
+
+    # --- embedded digits scenes (ignored by the real datasets) --------------------------
+    digits_scenes: int = _spec(2000, "training scenes (labeled and unlabeled together)", low=4, high=10**6)
+    digits_eval_scenes: int = _spec(300, "scenes in each of val and test", low=2, high=10**6)
+    digits_min: int = _spec(1, "fewest digits in a scene", low=1, high=16)
+    digits_max: int = _spec(3, "most digits in a scene", low=1, high=16)
+
+    # --- network ---------------------------------------------------------------------
+    network: str = _spec("deeplabv2_r101", "segmentation network",
+                         choices=("small", "deeplabv2_r101", "deeplabv3plus_r50"))
+    pretrained: str = _spec("auto", "'auto' (the dataset's usual weights: a cached digit classifier "
+                            "for digits), 'none', or a path to a torchvision-format state dict")
+    pretrain_steps: int = _spec(1000, "steps of the digit-classifier pretraining (digits only)",
+                                low=0, high=10**6)
+    aspp_dilations: list = _spec([6, 12, 18, 24], "dilations of the ASPP branches")
+    proj_dim: int = _spec(256, "width of the projection and prediction heads", low=2, high=4096)
+
+    # --- optimisation ------------------------------------------------------------------
+    lr: float = _spec(2e-4, "SGD learning rate", low=0.0, high=10.0, low_open=True)
+    momentum: float = _spec(0.9, "SGD momentum", low=0.0, high=1.0)
+    weight_decay: float = _spec(5e-4, "SGD weight decay", low=0.0, high=1.0)
+    lr_power: float = _spec(0.9, "power of the poly learning-rate decay", low=0.0, high=10.0)
+
+    # --- mean teacher and pseudo-labels --------------------------------------------------
+    ema_momentum: float = _spec(0.995, "teacher EMA momentum at the start; it rises to 1 on a cosine",
+                                low=0.0, high=1.0)
+    ramp_up: int = _spec(2000, "iterations of the sigmoid ramp-up of the pseudo-label loss; "
+                         "ClassMix and the contrastive loss start after it", low=0, high=10**8)
+    pseudo_label_weight: float = _spec(1.0, "weight of the pseudo-label cross-entropy (0 = off)",
+                                       low=0.0, high=100.0)
+    pseudo_label_power: float = _spec(6.0, "pixel weight = teacher max-probability ** power",
+                                      low=0.0, high=100.0)
+    classmix_prob: float = _spec(0.75, "probability of ClassMix on an unlabeled view after the ramp-up",
+                                 low=0.0, high=1.0)
+    labeled_classmix_prob: float = _spec(0.2, "probability of ClassMix among the labeled images",
+                                         low=0.0, high=1.0)
+    entropy_weight: float = _spec(0.01, "weight of the entropy term on unlabeled predictions",
+                                  low=0.0, high=100.0)
+    class_balance: str = _spec("off", "class weights sqrt(median/frequency) on the CE terms after the "
+                               "ramp-up: off, from each batch, or running over training",
+                               choices=("off", "batch", "running"))
+    class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
+    eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
+
+    # --- memory bank and contrastive loss ----------------------------------------------
+    bank_size: int = _spec(256, "memory vectors per class", low=1, high=10**6)
+    bank_per_image: int = _spec(0, "vectors kept per labeled image and class at each update "
+                                "(0 = round(bank_size / labeled images), at least 1)", low=0, high=10**6)
+    bank_policy: str = _spec("highest", "which candidates the selector keeps",
+                             choices=("highest", "lowest", "random"))
+    bank_lead: int = _spec(1000, "the bank starts filling this many iterations before the ramp-up ends",
+                           low=0, high=10**8)
+    confidence_threshold: float = _spec(0.95, "teacher confidence a labeled pixel needs to enter the bank",
+                                        low=0.0, high=1.0)
+    contrastive_loss: str = _spec("paper", "'paper' (weighted 1 - cosine to same-class memory) or "
+                                  "'infonce' (same-class memory against other classes')",
+                                  choices=("paper", "infonce"))
+    temperature: float = _spec(0.1, "InfoNCE temperature (infonce only)", low=0.0, high=100.0, low_open=True)
+    contrastive_weight_labeled: float = _spec(0.1, "weight of the contrastive loss on labeled pixels",
+                                              low=0.0, high=100.0)
+    contrastive_weight_unlabeled: float = _spec(0.1, "weight of the contrastive loss on unlabeled pixels",
+                                                low=0.0, high=100.0)
+
+    # --- the official code's departures from the paper, as switches -----------------------
+    official_memory_weights: bool = _spec(False, "memory weights collapse to ones, as in the official code")
+    official_aspp: bool = _spec(False, "ASPP sums only its first two branches, as in the official code")
+    official_classmix_count: bool = _spec(False, "ClassMix takes floor(n/2)+1 classes instead of half")
+    official_teacher_train_mode: bool = _spec(False, "teacher runs in train mode (batch statistics)")
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ConfigError naming the first bad one."""
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.batch_unlabeled % 2:
+            raise ConfigError(f"batch_unlabeled = {self.batch_unlabeled} must be even: "
+                              "each unlabeled image gives two strong views")
+        if self.aug_scale_min > self.aug_scale_max:
+            raise ConfigError(f"aug_scale_min = {self.aug_scale_min} is above aug_scale_max = {self.aug_scale_max}")
+        if self.digits_min > self.digits_max:
+            raise ConfigError(f"digits_min = {self.digits_min} is above digits_max = {self.digits_max}")
+        if not self.aspp_dilations or any(not isinstance(d, int) or isinstance(d, bool) or d < 1
+                                          for d in self.aspp_dilations):
+            raise ConfigError(f"aspp_dilations = {self.aspp_dilations!r}: expected a non-empty list "
+                              "of positive integers, e.g. [6, 12, 18, 24]")
+        if not _valid_device(self.device):
+            raise ConfigError(f"device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.dataset != "digits" and not self.data_root:
+            raise ConfigError(f"dataset = {self.dataset!r} needs data_root: the folder that holds it")
+        return self
+
+    # --- plain-data round trip -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Build a config from ``values`` on top of ``base`` (the dataset's preset if omitted)."""
+        unknown = sorted(set(values) - field_names())
+        if unknown:
+            raise ConfigError(_unknown_key_message(unknown[0]))
+        if base is None:
+            from trainer.presets import preset
+            base = preset(values.get("dataset", "digits"))
+        merged = {**base.to_dict(), **values}
+        return cls(**{k: _coerce(k, v) for k, v in merged.items()}).validate()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid JSON: line {err.lineno} "
+                              f"column {err.colno}: {err.msg}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object of TrainConfig fields")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict(changes, base=self)
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` from the command line; the value is JSON when it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set lr=0.01")
+    if key not in field_names():
+        raise ConfigError(_unknown_key_message(key))
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, _coerce(key, value)
+
+
+# --- validation helpers -------------------------------------------------------------------
+
+def _unknown_key_message(key: str) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, sorted(field_names()), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `semiseg-study train --help-config`"
+    return f"unknown TrainConfig key {key!r}{hint}"
+
+
+_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Accept an int where a float is expected, and 'true'/'false' strings for booleans."""
+    kind = _TYPES[key]
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if kind == "list" and isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    kind, meta = f.type, f.metadata
+    python_type = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[kind]
+    if not isinstance(value, python_type) or (kind in ("int", "float") and isinstance(value, bool)):
+        raise ConfigError(f"{f.name} = {value!r} has type {type(value).__name__}, expected {kind} "
+                          f"({meta['help']})")
+    if kind == "float" and not math.isfinite(value):
+        raise ConfigError(f"{f.name} = {value!r} must be a finite number ({meta['help']})")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"{f.name} = {value!r} is not allowed: choose one of {allowed}")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        bound = f"> {low}" if meta["low_open"] else f">= {low}"
+        raise ConfigError(f"{f.name} = {value!r} is out of range: must be {bound} and <= {high} "
+                          f"({meta['help']})")
+    if high is not None and value > high:
+        raise ConfigError(f"{f.name} = {value!r} is out of range: must be <= {high} ({meta['help']})")
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()

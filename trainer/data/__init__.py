@@ -1,0 +1,93 @@
+"""Datasets as the trainer sees them: a labeled pool, an unlabeled pool, val and test.
+
+``build_data(cfg)`` is the one entry point. Every dataset becomes a ``SegmentationData``
+whose splits hand out batches drawn with a ``torch.Generator`` that the trainer owns
+(so a checkpoint can save the sampling state and a resume draws the same batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from trainer.config import ConfigError, TrainConfig
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Split:
+    """Images [N,3,H,W] float in [0,1] and labels [N,H,W] uint8 (255 = ignore), in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self), (batch,), generator=generator)
+        return self.images[index], self.labels[index].long()
+
+    def batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), batch):
+            yield self.images[start:start + batch], self.labels[start:start + batch].long()
+
+
+@dataclass
+class SegmentationData:
+    labeled: Split
+    unlabeled: Split          # its labels are kept only for diagnostics, never trained on
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...]
+    has_background: bool      # class 0 is background (ClassMix then never pastes it)
+
+    def split(self, name: str) -> Split:
+        if name not in ("val", "test"):
+            raise ValueError(f"evaluation split {name!r}: expected 'val' or 'test'")
+        return getattr(self, name)
+
+
+def labeled_count(total: int, fraction: float) -> int:
+    """How many of ``total`` training images keep their labels (at least two: BN needs a batch)."""
+    return min(total, max(2, round(total * fraction)))
+
+
+def build_data(cfg: TrainConfig) -> SegmentationData:
+    if cfg.dataset == "digits":
+        return _digits(cfg)
+    raise ConfigError(f"dataset = {cfg.dataset!r} is not available in this version; use 'digits'")
+
+
+# One data seed for every run: trials of a study differ by their training seed, never
+# by their data, so that their scores compare.
+DATA_SEED = 0
+
+
+def _digits(cfg: TrainConfig) -> SegmentationData:
+    from trainer.data import digits
+
+    pools = digits.load_pools(DATA_SEED)
+    make = lambda pool, count, seed: digits.make_scenes(  # noqa: E731
+        pools[pool], count, cfg.image_size, cfg.digits_min, cfg.digits_max, seed=seed)
+    train_x, train_y = make("train", cfg.digits_scenes, DATA_SEED + 1)
+    val_x, val_y = make("val", cfg.digits_eval_scenes, DATA_SEED + 2)
+    test_x, test_y = make("test", cfg.digits_eval_scenes, DATA_SEED + 3)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(DATA_SEED))
+    n_labeled = labeled_count(len(train_x), cfg.labeled_fraction)
+    lab, unl = order[:n_labeled], order[n_labeled:]
+    if len(unl) == 0:  # everything labeled: the unlabeled stream reuses the labeled images
+        unl = lab
+    return SegmentationData(
+        labeled=Split(train_x[lab], train_y[lab]),
+        unlabeled=Split(train_x[unl], train_y[unl]),
+        val=Split(val_x, val_y),
+        test=Split(test_x, test_y),
+        num_classes=digits.NUM_CLASSES,
+        class_names=digits.CLASS_NAMES,
+        has_background=True,
+    )

@@ -1,0 +1,393 @@
+"""One semi-supervised training run of Alonso et al. (ICCV 2021), step by step.
+
+``Trainer.train_step`` reads like the method section of the paper:
+
+1. labeled images, weakly augmented -> supervised cross-entropy;
+2. unlabeled images -> the mean teacher's pseudo-labels and confidences -> two strongly
+   augmented views (ClassMix after the ramp-up) -> pixel-weighted pseudo-label
+   cross-entropy and an entropy term;
+3. the teacher's projections of labeled pixels it gets right with confidence -> the
+   class-wise memory bank;
+4. the student's labeled and unlabeled pixel vectors -> contrastive loss against the bank;
+5. SGD with poly learning rate, then the teacher follows the student (EMA).
+
+``fit(cfg)`` runs the steps, evaluates every ``eval_every`` iterations, hands each
+evaluation to a callback and returns the last one. Nothing here knows of Ray or Optuna.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainer import losses
+from trainer.config import TrainConfig
+from trainer.data import IGNORE_INDEX, SegmentationData, build_data
+from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
+                                  geometry)
+from trainer.memory_bank import ClassMemoryBank
+from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
+from trainer.models import SegmentationNet, build_model
+from trainer.models.selectors import rescale_to_mean_one
+from trainer.teacher import ema_momentum, update_teacher
+
+LOSS_PARTS = ("supervised", "pseudo_label", "entropy", "contrastive_labeled", "contrastive_unlabeled", "total")
+CHECKPOINT_VERSION = 1
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: the config diverged."""
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation reports: the study stores every field of it."""
+
+    iteration: int
+    split: str
+    miou: float
+    iou: list[float]                 # per class, NaN where a class never occurs
+    losses: dict[str, float]         # mean of each loss part since the previous evaluation
+    bank_fill: list[float]           # per class, fraction of bank_size in use
+    images_per_second: float
+    lr: float
+    train_seconds: float             # training time so far, evaluations excluded
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device = {name!r} but torch sees no CUDA device; use device=cpu or auto")
+    return device
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: SegmentationData | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = data if data is not None else build_data(cfg)
+        self.num_classes = self.data.num_classes
+        self.student: SegmentationNet = build_model(cfg, self.num_classes)
+        if cfg.dataset == "digits" and cfg.pretrained == "auto" and cfg.network == "small":
+            from trainer.pretrain import pretrained_backbone
+            report = (lambda done, total: progress("pretrain", done, total)) if progress else None
+            self.student.backbone.load_state_dict(pretrained_backbone(cfg.network, cfg.pretrain_steps, progress=report))
+        self.student.to(self.device).train()
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.bank = ClassMemoryBank(self.num_classes, cfg.bank_size, cfg.proj_dim, self.device)
+        self.per_image = cfg.bank_per_image or max(1, round(cfg.bank_size / len(self.data.labeled)))
+        self.data_generator = torch.Generator().manual_seed(cfg.seed)
+        self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.class_counts = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self._loss_sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
+        self._loss_steps = 0
+        self._images_since_eval = 0
+        self._seconds_since_eval = 0.0
+        self.weak = AugmentParams(0.5, cfg.aug_scale_min, cfg.aug_scale_max, cfg.aug_shift, cfg.hflip,
+                                  jitter_prob=0.2, jitter=0.125, blur_prob=0.0)
+        self.strong = AugmentParams(0.8, cfg.aug_scale_min, cfg.aug_scale_max, cfg.aug_shift, cfg.hflip,
+                                    jitter_prob=0.8, jitter=0.25, blur_prob=0.2)
+
+    # --- the method ---------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, it = self.cfg, self.iteration
+        started = time.perf_counter()
+        lr = cfg.lr * (1 - it / cfg.iterations) ** cfg.lr_power
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        after_ramp_up = it >= cfg.ramp_up
+        uses_unlabeled = cfg.pseudo_label_weight > 0 or cfg.entropy_weight > 0 or cfg.contrastive_weight_unlabeled > 0
+        uses_bank = cfg.contrastive_weight_labeled > 0 or cfg.contrastive_weight_unlabeled > 0
+        parts = dict.fromkeys(LOSS_PARTS[:-1], torch.zeros((), device=self.device))
+
+        # 1. Labeled images, weakly augmented.
+        images_l, labels_l = self._labeled_batch()
+
+        # 2. Unlabeled images: the teacher's pseudo-labels, then two strong views of each.
+        if uses_unlabeled:
+            images_u = self.data.unlabeled.sample(cfg.batch_unlabeled // 2, self.data_generator)[0].to(self.device)
+            with torch.no_grad():
+                logits_t = self._teacher_logits(images_u)
+                confidence, pseudo = logits_t.softmax(dim=1).max(dim=1)
+            views = [self._strong_view(images_u, pseudo, confidence, mix=after_ramp_up) for _ in range(2)]
+            images_v, pseudo_v, confidence_v = (torch.cat(t) for t in zip(*views))
+
+        class_weights = self._class_weights(labels_l, pseudo if uses_unlabeled else None, after_ramp_up)
+
+        # Student on both batches.
+        logits_l, features_l = self.student(images_l)
+        parts["supervised"] = losses.supervised_ce(
+            _upsample(logits_l, labels_l), labels_l, class_weights if cfg.class_balance_labeled else None)
+        if uses_unlabeled:
+            logits_v, features_v = self.student(images_v)
+            full_logits_v = _upsample(logits_v, pseudo_v)
+            ramp = losses.sigmoid_ramp_up(it, cfg.ramp_up)
+            pixel_weight = losses.pseudo_label_weights(confidence_v, cfg.pseudo_label_power, ramp)
+            parts["pseudo_label"] = losses.weighted_cross_entropy(
+                full_logits_v, pseudo_v, _renormalised(pixel_weight, pseudo_v, class_weights))
+            parts["entropy"] = losses.entropy_term(full_logits_v, pseudo_v != IGNORE_INDEX)
+
+        # 3. The teacher fills the memory bank from labeled pixels it predicts right, confidently.
+        if uses_bank and it >= cfg.ramp_up - cfg.bank_lead:
+            self._update_bank(images_l, labels_l)
+
+        # 4. Contrastive loss of the student's pixel vectors against the bank.
+        if uses_bank and after_ramp_up:
+            if cfg.contrastive_weight_labeled > 0:
+                parts["contrastive_labeled"] = self._contrastive(features_l, labels_l)
+            if cfg.contrastive_weight_unlabeled > 0:
+                parts["contrastive_unlabeled"] = self._contrastive(features_v, pseudo_v)
+
+        total = (parts["supervised"] + cfg.pseudo_label_weight * parts["pseudo_label"]
+                 + cfg.entropy_weight * parts["entropy"]
+                 + cfg.contrastive_weight_labeled * parts["contrastive_labeled"]
+                 + cfg.contrastive_weight_unlabeled * parts["contrastive_unlabeled"])
+        if not torch.isfinite(total):
+            raise DivergedError(f"loss is {float(total)} at iteration {it} (parts: "
+                                + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items()) + ")")
+
+        # 5. SGD step, then the teacher follows the student.
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        update_teacher(self.teacher, self.student, ema_momentum(it, cfg.iterations, cfg.ema_momentum))
+
+        values = torch.stack([*(p.detach().double() for p in parts.values()), total.detach().double()]).cpu()
+        self._loss_sums += values
+        self._loss_steps += 1
+        self.iteration += 1
+        elapsed = time.perf_counter() - started
+        self.train_seconds += elapsed
+        self._seconds_since_eval += elapsed
+        self._images_since_eval += cfg.batch_labeled + (cfg.batch_unlabeled if uses_unlabeled else 0)
+        return dict(zip(LOSS_PARTS, values.tolist()))
+
+    # --- parts of the step ----------------------------------------------------------------
+    def _labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.data.labeled.sample(self.cfg.batch_labeled, self.data_generator)
+        images, labels = images.to(self.device), labels.to(self.device)
+        mix = torch.rand(len(images), generator=self.aug_generator, device=self.device) < self.cfg.labeled_classmix_prob
+        mask = classmix_masks(labels, self.num_classes, mix, self.aug_generator, self.data.has_background,
+                              self.cfg.official_classmix_count)
+        images, labels = classmix(mask, images, labels)
+        images, labels, _ = geometry(images, labels, None, self.weak, self.aug_generator)
+        images = colour_jitter(images, self.weak, self.aug_generator)
+        return images, labels
+
+    def _strong_view(self, images: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, mix: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(images)
+        apply = torch.rand(n, generator=self.aug_generator, device=self.device) < (self.cfg.classmix_prob if mix else 0.0)
+        mask = classmix_masks(pseudo, self.num_classes, apply, self.aug_generator, self.data.has_background,
+                              self.cfg.official_classmix_count)
+        images, pseudo, confidence = classmix(mask, images, pseudo, confidence)
+        images, pseudo, confidence = geometry(images, pseudo, confidence, self.strong, self.aug_generator)
+        images = gaussian_blur(colour_jitter(images, self.strong, self.aug_generator), self.strong, self.aug_generator)
+        return images, pseudo, confidence
+
+    def _teacher_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.teacher.train(self.cfg.official_teacher_train_mode)
+        return self.teacher(images)
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self._teacher_forward(images)[0]
+        return F.interpolate(logits, size=images.shape[2:], mode="bilinear", align_corners=False)
+
+    def _class_weights(self, labels: torch.Tensor, pseudo: torch.Tensor | None, active: bool) -> torch.Tensor | None:
+        """The paper's sqrt(median/frequency) class weights, from labeled and pseudo-label counts."""
+        if self.cfg.class_balance == "off":
+            return None
+        counts = losses.class_pixel_counts(labels, self.num_classes)
+        if pseudo is not None:
+            counts = counts + losses.class_pixel_counts(pseudo, self.num_classes)
+        if self.cfg.class_balance == "running":
+            self.class_counts += counts
+            counts = self.class_counts
+        return losses.median_frequency_weights(counts) if active else None
+
+    @torch.no_grad()
+    def _update_bank(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, features = self._teacher_forward(images)
+        confidence, prediction = logits.softmax(dim=1).max(dim=1)
+        labels_small = _downsample_labels(labels, logits.shape[2:])
+        good = (prediction == labels_small) & (confidence > self.cfg.confidence_threshold) & (labels_small != IGNORE_INDEX)
+        if not bool(good.any()):
+            return
+        pixel_features = features.permute(0, 2, 3, 1)[good]
+        classes = labels_small[good]
+        image_index = torch.arange(len(images), device=self.device)[:, None, None].expand_as(good)[good]
+        projected = self.teacher.project(pixel_features)
+        scores = self.teacher.feature_selectors.score_pixels(projected, classes)
+        self.bank.add(projected, classes, image_index, scores, self.per_image, self.cfg.bank_policy,
+                      self.aug_generator)
+
+    def _contrastive(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Contrastive loss of the student's pixels (valid labels at feature resolution) against the bank."""
+        labels_small = _downsample_labels(labels, features.shape[2:])
+        valid = labels_small != IGNORE_INDEX
+        classes = labels_small[valid]
+        if len(classes) < 2:
+            return torch.zeros((), device=self.device)
+        z = self.student.predict(self.student.project(features.permute(0, 2, 3, 1)[valid]))
+        # Selector weights: sigmoid, rescaled to mean 1 per class. The pixel selector sees
+        # detached vectors, so it learns only through the weights it gives.
+        w = rescale_to_mean_one(torch.sigmoid(self.student.feature_selectors.score_pixels(z.detach(), classes)),
+                                classes, self.num_classes)
+        bank, filled = self.bank.vectors, self.bank.valid()
+        if self.cfg.official_memory_weights:
+            v = filled.to(z.dtype)
+        else:
+            s = torch.sigmoid(self.student.memory_selectors.score_bank(bank, filled)) * filled
+            v = s * (filled.sum(dim=1, keepdim=True) / s.sum(dim=1, keepdim=True).clamp_min(1e-12))
+        if self.cfg.contrastive_loss == "infonce":
+            return losses.contrastive_infonce(z, classes, w, bank, filled, v, self.cfg.temperature)
+        return losses.contrastive_paper(z, classes, w, bank, filled, v)
+
+    # --- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str = "val", model: str | None = None, batch: int = 64) -> tuple[float, list[float]]:
+        """mIoU and per-class IoU on ``split`` ('val' or 'test') of the teacher or the student."""
+        net = {"teacher": self.teacher, "student": self.student}[model or self.cfg.eval_model]
+        was_training = net.training
+        net.eval()
+        confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        for images, labels in self.data.split(split).batches(batch):
+            images, labels = images.to(self.device), labels.to(self.device)
+            prediction = _upsample(net(images)[0], labels).argmax(dim=1)
+            confusion += confusion_matrix(prediction, labels, self.num_classes)
+        net.train(was_training)
+        return mean_iou(confusion), iou_per_class(confusion).tolist()
+
+    def evaluation(self, split: str = "val") -> Evaluation:
+        """Evaluate and collect the metrics since the previous evaluation."""
+        miou, iou = self.evaluate(split)
+        steps = max(self._loss_steps, 1)
+        result = Evaluation(
+            iteration=self.iteration, split=split, miou=miou, iou=iou,
+            losses=dict(zip(LOSS_PARTS, (self._loss_sums / steps).tolist())),
+            bank_fill=self.bank.fill().tolist(),
+            images_per_second=self._images_since_eval / max(self._seconds_since_eval, 1e-9),
+            lr=self.optimizer.param_groups[0]["lr"], train_seconds=self.train_seconds)
+        self._loss_sums.zero_()
+        self._loss_steps = self._images_since_eval = 0
+        self._seconds_since_eval = 0.0
+        return result
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a bit-exact resume needs."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "iteration": self.iteration,
+            "train_seconds": self.train_seconds,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "bank": self.bank.state_dict(),
+            "class_counts": self.class_counts.clone(),
+            "data_generator": self.data_generator.get_state(),
+            "aug_generator": self.aug_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "loss_sums": self._loss_sums.clone(),
+            "loss_steps": self._loss_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
+        try:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"checkpoint does not fit this model (network={self.cfg.network}, "
+                             f"classes={self.num_classes}, proj_dim={self.cfg.proj_dim}): {first}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bank.load_state_dict(state["bank"])
+        self.class_counts = state["class_counts"].to(self.device)
+        self.data_generator.set_state(state["data_generator"])
+        self.aug_generator.set_state(state["aug_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration = state["iteration"]
+        self.train_seconds = state["train_seconds"]
+        self._loss_sums = state["loss_sums"].clone()
+        self._loss_steps = state["loss_steps"]
+
+    def save(self, path: str | Path) -> None:
+        import os
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def fit(cfg: TrainConfig, data: SegmentationData | None = None,
+        on_evaluation: Callable[[Evaluation, Trainer], None] | None = None,
+        resume_from: str | Path | None = None,
+        progress: Callable[[str, int, int], None] | None = None) -> Evaluation:
+    """Train ``cfg`` to the end; evaluate on val every ``eval_every`` iterations and at the end.
+
+    ``on_evaluation(evaluation, trainer)`` sees each evaluation (and can save the trainer);
+    ``resume_from`` continues from a checkpoint written by ``Trainer.save``;
+    ``progress(stage, done, total)`` is told of pretraining and training progress.
+    """
+    trainer = Trainer(cfg, data, progress)
+    if resume_from is not None:
+        trainer.load(resume_from)
+    last = None
+    while trainer.iteration < cfg.iterations:
+        trainer.train_step()
+        if progress is not None:
+            progress("train", trainer.iteration, cfg.iterations)
+        if trainer.iteration % cfg.eval_every == 0 or trainer.iteration == cfg.iterations:
+            last = trainer.evaluation("val")
+            if on_evaluation is not None:
+                on_evaluation(last, trainer)
+    if last is None:  # resumed at the very end
+        last = trainer.evaluation("val")
+    return last
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def _upsample(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _downsample_labels(labels: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def _renormalised(pixel_weight: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Pixel weights times class weights, rescaled so that their total is unchanged."""
+    if class_weights is None:
+        return pixel_weight
+    weighted = pixel_weight * class_weights[labels.clamp_max(len(class_weights) - 1)]
+    return weighted * (pixel_weight.sum() / weighted.sum().clamp_min(1e-12))

@@ -1,0 +1,102 @@
+"""The class-wise memory bank: per class, the newest ``capacity`` good feature vectors.
+
+One tensor [C, N, d] on the training device, used as C ring buffers. An update takes
+candidate pixel vectors (the teacher's projections of labeled pixels it predicts
+correctly and confidently), keeps per image and class the ``per_image`` best ranked by
+the selector, and writes them as the newest entries of their class, dropping the oldest.
+All of it without a Python loop over classes or images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POLICIES = ("highest", "lowest", "random")
+
+
+class ClassMemoryBank:
+    def __init__(self, num_classes: int, capacity: int, dim: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.num_classes, self.capacity, self.dim = num_classes, capacity, dim
+        self.vectors = torch.zeros(num_classes, capacity, dim, device=device, dtype=dtype)
+        self.count = torch.zeros(num_classes, dtype=torch.long, device=device)
+        self.head = torch.zeros(num_classes, dtype=torch.long, device=device)  # next slot to write
+
+    def valid(self) -> torch.Tensor:
+        """[C, N] True where a slot holds a vector (slots fill from 0 before the ring wraps)."""
+        slots = torch.arange(self.capacity, device=self.count.device)
+        return slots[None, :] < self.count[:, None]
+
+    def fill(self) -> torch.Tensor:
+        """Fraction of each class's capacity in use, [C]."""
+        return self.count.float() / self.capacity
+
+    def ordered(self, c: int) -> torch.Tensor:
+        """Class c's vectors, newest first."""
+        k = torch.arange(int(self.count[c]), device=self.count.device)
+        return self.vectors[c, (self.head[c] - 1 - k) % self.capacity]
+
+    @torch.no_grad()
+    def add(self, features: torch.Tensor, classes: torch.Tensor, images: torch.Tensor, scores: torch.Tensor,
+            per_image: int, policy: str = "highest", generator: torch.Generator | None = None) -> None:
+        """Add candidates: per (image, class) the ``per_image`` best by ``policy`` over ``scores``.
+
+        features [P,d]; classes, images [P] (long); scores [P], the selector's ranking.
+        ``highest`` keeps the top-scored (the paper), ``lowest`` the bottom-scored (what the
+        official code's ascending sort does), ``random`` ignores the scores.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"bank policy {policy!r}: expected one of {POLICIES}")
+        if len(features) == 0:
+            return
+        device = features.device
+        if policy == "highest":
+            key = -scores.float()
+        elif policy == "lowest":
+            key = scores.float()
+        else:
+            key = torch.rand(len(scores), generator=generator, device=device)
+        # Sort by (image, class) group, best first inside each group.
+        group = images * self.num_classes + classes
+        by_key = torch.argsort(key, stable=True)
+        order = by_key[torch.argsort(group[by_key], stable=True)]
+        group_sorted = group[order]
+        position = torch.arange(len(order), device=device)
+        is_start = torch.ones_like(group_sorted, dtype=torch.bool)
+        is_start[1:] = group_sorted[1:] != group_sorted[:-1]
+        group_start = torch.cummax(torch.where(is_start, position, 0), dim=0).values
+        rank = position - group_start
+        keep = order[rank < per_image]
+        rank = rank[rank < per_image]
+        self._write(features[keep], classes[keep], rank)
+
+    def _write(self, features: torch.Tensor, classes: torch.Tensor, rank: torch.Tensor) -> None:
+        """Write vectors as their classes' newest; within a class the best-ranked are written last."""
+        n = self.capacity
+        # Order inside each class: worst rank first, so the best end up newest.
+        order = torch.argsort(-rank, stable=True)
+        order = order[torch.argsort(classes[order], stable=True)]
+        features, classes = features[order], classes[order]
+        per_class = torch.bincount(classes, minlength=self.num_classes)
+        first = torch.cumsum(per_class, 0) - per_class
+        j = torch.arange(len(classes), device=classes.device) - first[classes]
+        overflow = (per_class - n).clamp_min(0)  # more new vectors than slots: drop the worst
+        keep = j >= overflow[classes]
+        j = j - overflow[classes]
+        slot = (self.head[classes] + j) % n
+        self.vectors[classes[keep], slot[keep]] = features[keep].to(self.vectors.dtype)
+        written = torch.minimum(per_class, torch.full_like(per_class, n))
+        self.head = (self.head + written) % n
+        self.count = torch.minimum(self.count + per_class, torch.full_like(self.count, n))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"vectors": self.vectors.clone(), "count": self.count.clone(), "head": self.head.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if tuple(state["vectors"].shape) != tuple(self.vectors.shape):
+            raise ValueError(f"memory bank of shape {tuple(state['vectors'].shape)} does not fit "
+                             f"this run's {tuple(self.vectors.shape)} (classes, bank_size, proj_dim)")
+        device = self.vectors.device
+        self.vectors = state["vectors"].to(device)
+        self.count = state["count"].to(device)
+        self.head = state["head"].to(device)

@@ -1,0 +1,51 @@
+"""Per-dataset presets: the few values a dataset changes on top of the paper's defaults.
+
+Like UniMatch's one short config per dataset. ``TrainConfig()`` holds the paper's
+PASCAL VOC values; ``preset(name)`` returns them with the dataset's changes.
+Why each digits value differs from the paper is said in README.md ("Defaults").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.config import ConfigError, TrainConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded scenes: 48x48 pixels, a small network, a CPU budget of minutes.
+    "digits": {
+        "dataset": "digits",
+        "network": "small",
+        "image_size": 48,
+        "batch_labeled": 8,
+        "batch_unlabeled": 8,
+        "iterations": 2000,
+        "eval_every": 250,
+        "lr": 0.01,
+        "ramp_up": 500,
+        "bank_lead": 250,
+        "aspp_dilations": [1, 2, 3, 4],
+        "aug_scale_min": 0.9,
+        "aug_scale_max": 1.1,
+        "aug_shift": 0.15,
+        "hflip": False,
+        "proj_dim": 64,
+        "class_balance": "batch",
+        "class_balance_labeled": False,
+        "seed": 0,
+    },
+    # PASCAL VOC 2012 with SBD: the paper's values as they are.
+    "voc": {"dataset": "voc"},
+    # Cityscapes: 1/8 of the images labeled, class balancing as in the paper.
+    "cityscapes": {"dataset": "cityscapes", "class_balance": "running", "labeled_fraction": 1 / 8,
+                   "image_size": 512},
+    "gta5_cityscapes": {"dataset": "gta5_cityscapes", "class_balance": "running", "image_size": 512},
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The paper's config with dataset ``name``'s changes applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"dataset = {name!r} has no preset: choose one of {', '.join(PRESETS)}")
+    values = {**TrainConfig().to_dict(), **PRESETS[name]}
+    return TrainConfig(**values)

@@ -1,0 +1,29 @@
+"""The mean teacher: an exponential moving average of the student."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def ema_momentum(iteration: int, iterations: int, base: float) -> float:
+    """1 - (1 - base)(cos(pi i / N) + 1)/2: starts at ``base`` and rises to 1 at the end."""
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * iteration / iterations) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers.
+
+    Batch-norm running statistics are averaged like the weights so that the teacher in eval
+    mode has statistics that match its weights; integer buffers are copied.
+    """
+    teacher_state = teacher.state_dict()
+    for name, value in student.state_dict().items():
+        target = teacher_state[name]
+        if target.dtype.is_floating_point:
+            target.mul_(momentum).add_(value.detach(), alpha=1.0 - momentum)
+        else:
+            target.copy_(value)
