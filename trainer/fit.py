@@ -32,7 +32,7 @@ from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
-from trainer.memory_bank import ClassMemoryBank
+from trainer.memory_bank import ClassMemoryBank, bank_candidates
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
 from trainer.models.selectors import rescale_to_mean_one
@@ -115,7 +115,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, it = self.cfg, self.iteration
         started = time.perf_counter()
-        lr = cfg.lr * (1 - it / cfg.iterations) ** cfg.lr_power
+        lr = cfg.lr * max(0.0, 1 - it / cfg.iterations) ** cfg.lr_power
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         after_ramp_up = it >= cfg.ramp_up
@@ -166,8 +166,8 @@ class Trainer:
                  + cfg.contrastive_weight_labeled * parts["contrastive_labeled"]
                  + cfg.contrastive_weight_unlabeled * parts["contrastive_unlabeled"])
         if not torch.isfinite(total):
-            raise DivergedError(f"loss is {float(total)} at iteration {it} (parts: "
-                                + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items()) + ")")
+            raise DivergedError(f"loss is {total.item()} at iteration {it} (parts: "
+                                + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()) + ")")
 
         # 5. SGD step, then the teacher follows the student.
         self.optimizer.zero_grad(set_to_none=True)
@@ -231,9 +231,8 @@ class Trainer:
     @torch.no_grad()
     def _update_bank(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         logits, features = self._teacher_forward(images)
-        confidence, prediction = logits.softmax(dim=1).max(dim=1)
         labels_small = _downsample_labels(labels, logits.shape[2:])
-        good = (prediction == labels_small) & (confidence > self.cfg.confidence_threshold) & (labels_small != IGNORE_INDEX)
+        good = bank_candidates(logits, labels_small, self.cfg.confidence_threshold, IGNORE_INDEX)
         if not bool(good.any()):
             return
         pixel_features = features.permute(0, 2, 3, 1)[good]

@@ -59,7 +59,7 @@ def entropy_term(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def median_frequency_weights(frequencies: torch.Tensor) -> torch.Tensor:
     """sqrt(median / frequency) per class; classes never seen get the largest weight."""
     freq = frequencies.double()
-    weights = freq.median() / freq
+    weights = freq.quantile(0.5) / freq  # numpy's median: the mean of the two middle values
     finite = torch.isfinite(weights)
     fallback = weights[finite].max() if bool(finite.any()) else torch.tensor(1.0, dtype=freq.dtype)
     weights = torch.where(finite, weights, fallback)

@@ -14,6 +14,14 @@ import torch
 POLICIES = ("highest", "lowest", "random")
 
 
+def bank_candidates(logits: torch.Tensor, labels: torch.Tensor, threshold: float, ignore_index: int = 255
+                    ) -> torch.Tensor:
+    """[B,h,w] mask of the pixels that may enter the bank: the teacher's prediction is the
+    true label and its confidence exceeds ``threshold`` (logits [B,C,h,w], labels [B,h,w])."""
+    confidence, prediction = logits.softmax(dim=1).max(dim=1)
+    return (prediction == labels) & (confidence > threshold) & (labels != ignore_index)
+
+
 class ClassMemoryBank:
     def __init__(self, num_classes: int, capacity: int, dim: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -67,14 +75,13 @@ class ClassMemoryBank:
         group_start = torch.cummax(torch.where(is_start, position, 0), dim=0).values
         rank = position - group_start
         keep = order[rank < per_image]
-        rank = rank[rank < per_image]
-        self._write(features[keep], classes[keep], rank)
+        self._write(features[keep], classes[keep], key[keep])
 
-    def _write(self, features: torch.Tensor, classes: torch.Tensor, rank: torch.Tensor) -> None:
-        """Write vectors as their classes' newest; within a class the best-ranked are written last."""
+    def _write(self, features: torch.Tensor, classes: torch.Tensor, key: torch.Tensor) -> None:
+        """Write vectors as their classes' newest. Within a class the best (lowest key) are
+        written last, so they are the newest, and the worst are the first dropped on overflow."""
         n = self.capacity
-        # Order inside each class: worst rank first, so the best end up newest.
-        order = torch.argsort(-rank, stable=True)
+        order = torch.argsort(-key, stable=True)
         order = order[torch.argsort(classes[order], stable=True)]
         features, classes = features[order], classes[order]
         per_class = torch.bincount(classes, minlength=self.num_classes)

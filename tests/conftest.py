@@ -1,0 +1,29 @@
+"""Shared fixtures: a per-session cache for the pretrained digit backbone, tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to 127.0.0.1 only
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep pretrained weights of the tests out of the user's cache."""
+    os.environ["SEMISEG_CACHE"] = str(tmp_path_factory.mktemp("semiseg-cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_overrides(**changes: object) -> dict:
+    """A digits config small enough for a test: 32x32 scenes, every code path on within a few steps."""
+    values = {
+        "dataset": "digits", "image_size": 32, "digits_scenes": 64, "digits_eval_scenes": 16,
+        "batch_labeled": 4, "batch_unlabeled": 4, "iterations": 12, "eval_every": 6,
+        "pretrained": "none", "ramp_up": 4, "bank_lead": 2, "confidence_threshold": 0.0,
+        "bank_size": 16, "labeled_fraction": 0.25, "classmix_prob": 1.0,
+    }
+    values.update(changes)
+    return values

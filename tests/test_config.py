@@ -1,0 +1,69 @@
+"""TrainConfig: paper defaults, validation messages, JSON round trip, presets."""
+
+import json
+
+import pytest
+
+from trainer.config import ConfigError, TrainConfig, parse_assignment
+from trainer.presets import preset
+
+
+def test_defaults_are_the_papers():
+    cfg = TrainConfig()
+    assert (cfg.contrastive_weight_labeled, cfg.contrastive_weight_unlabeled, cfg.entropy_weight) == (0.1, 0.1, 0.01)
+    assert (cfg.confidence_threshold, cfg.pseudo_label_power, cfg.ramp_up, cfg.bank_size) == (0.95, 6.0, 2000, 256)
+    assert (cfg.ema_momentum, cfg.classmix_prob, cfg.momentum, cfg.weight_decay, cfg.lr_power) == (
+        0.995, 0.75, 0.9, 5e-4, 0.9)
+    assert cfg.lr == 2e-4 and cfg.aspp_dilations == [6, 12, 18, 24] and cfg.bank_policy == "highest"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"lr": -0.1}, ["lr", "-0.1", "> 0.0"]),
+    ({"bank_size": 0}, ["bank_size", "0", ">= 1"]),
+    ({"bank_size": 2.5}, ["bank_size", "2.5", "expected int"]),
+    ({"bank_size": True}, ["bank_size", "expected int"]),
+    ({"temperature": float("nan")}, ["temperature", "finite"]),
+    ({"contrastive_loss": "triplet"}, ["contrastive_loss", "'triplet'", "'paper'", "'infonce'"]),
+    ({"batch_unlabeled": 7}, ["batch_unlabeled", "even"]),
+    ({"digits_min": 4, "digits_max": 2}, ["digits_min", "digits_max"]),
+    ({"device": "tpu"}, ["device", "'tpu'"]),
+    ({"dataset": "voc"}, ["data_root"]),
+    ({"aspp_dilations": [6, 0]}, ["aspp_dilations"]),
+])
+def test_validation_names_field_value_and_range(changes, words):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(changes)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="unknown TrainConfig key 'bank_sise'; did you mean 'bank_size'"):
+        TrainConfig.from_dict({"bank_sise": 3})
+
+
+def test_json_round_trip(tmp_path):
+    cfg = TrainConfig.from_dict({"lr": 0.05, "contrastive_loss": "infonce", "temperature": 0.2})
+    cfg.save(tmp_path / "cfg.json")
+    assert TrainConfig.load(tmp_path / "cfg.json") == cfg
+
+
+def test_partial_json_takes_the_dataset_preset(tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps({"bank_size": 64}))
+    cfg = TrainConfig.load(tmp_path / "cfg.json")
+    assert cfg.bank_size == 64 and cfg.network == preset("digits").network == "small"
+
+
+def test_bad_json_names_the_file_and_line(tmp_path):
+    (tmp_path / "cfg.json").write_text('{"lr": 0.1,\n "bank_size": }')
+    with pytest.raises(ConfigError, match=r"cfg.json is not valid JSON: line 2"):
+        TrainConfig.load(tmp_path / "cfg.json")
+
+
+def test_assignments_parse_json_values():
+    assert parse_assignment("lr=0.5") == ("lr", 0.5)
+    assert parse_assignment("lr=1") == ("lr", 1.0)
+    assert parse_assignment("hflip=false") == ("hflip", False)
+    assert parse_assignment("bank_policy=lowest") == ("bank_policy", "lowest")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_assignment("lr")

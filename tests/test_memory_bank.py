@@ -1,0 +1,71 @@
+"""The class-wise memory bank: capacity, FIFO order, candidate filter, selection policies."""
+
+import torch
+
+from trainer.memory_bank import ClassMemoryBank, bank_candidates
+
+
+def _vectors(values: list[float], dim: int = 3) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)[:, None].expand(-1, dim).clone()
+
+
+def test_capacity_and_fifo_order_newest_first():
+    bank = ClassMemoryBank(num_classes=2, capacity=4, dim=3)
+    for step in range(3):  # three updates of two vectors each to class 1
+        values = [10 * step + 1, 10 * step + 2]
+        bank.add(_vectors(values), torch.tensor([1, 1]), torch.tensor([0, 1]),
+                 scores=torch.zeros(2), per_image=5)
+    assert bank.count.tolist() == [0, 4]
+    assert bank.fill().tolist() == [0.0, 1.0]
+    newest_first = bank.ordered(1)[:, 0].tolist()
+    # the oldest update (1, 2) fell out; step 2 is newest
+    assert sorted(newest_first[:2]) == [21, 22] and sorted(newest_first[2:]) == [11, 12]
+    assert bank.valid().tolist() == [[False] * 4, [True] * 4]
+
+
+def test_more_new_vectors_than_capacity_keeps_the_best_ranked():
+    bank = ClassMemoryBank(num_classes=1, capacity=3, dim=3)
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
+    bank.add(_vectors([1, 2, 3, 4, 5]), torch.zeros(5, dtype=torch.long), torch.arange(5), scores, per_image=1)
+    assert bank.count.tolist() == [3]
+    assert bank.ordered(0)[:, 0].tolist() == [2, 4, 3]  # best ranked is the newest
+
+
+def test_policies_per_image_and_class():
+    # image 0, class 0: scores 0.1 0.5 0.9 ; image 1, class 0: 0.3 0.8 ; image 0, class 1: 0.2 0.6
+    values = [1, 2, 3, 4, 5, 6, 7]
+    scores = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.8, 0.2, 0.6])
+    images = torch.tensor([0, 0, 0, 1, 1, 0, 0])
+    classes = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+
+    def kept(policy: str, per_image: int = 1, seed: int = 0) -> dict[int, set]:
+        bank = ClassMemoryBank(num_classes=2, capacity=8, dim=3)
+        bank.add(_vectors(values), classes, images, scores, per_image, policy, torch.Generator().manual_seed(seed))
+        return {c: set(bank.ordered(c)[:, 0].int().tolist()) for c in range(2)}
+
+    assert kept("highest") == {0: {3, 5}, 1: {7}}
+    assert kept("lowest") == {0: {1, 4}, 1: {6}}
+    assert kept("highest", per_image=2) == {0: {2, 3, 4, 5}, 1: {6, 7}}
+    random_picks = [kept("random", seed=s) for s in range(20)]
+    for picks in random_picks:  # one per (image, class), from the right groups
+        assert len(picks[0] & {1, 2, 3}) == 1 and len(picks[0] & {4, 5}) == 1 and len(picks[1]) == 1
+    assert len({frozenset(p[0]) for p in random_picks}) > 1
+
+
+def test_candidates_need_a_correct_and_confident_teacher():
+    labels = torch.tensor([[[0, 1, 1, 255]]])                    # [1,1,4]
+    logits = torch.tensor([[[[5.0, 5.0, 0.0, 5.0]],              # class 0 scores
+                            [[0.0, 0.0, 5.0, 0.0]]]])            # class 1 scores  -> [1,2,1,4]
+    mask = bank_candidates(logits, labels, threshold=0.95)
+    # pixel 0: right and confident; pixel 1: wrong; pixel 2: right and confident; pixel 3: ignored
+    assert mask.tolist() == [[[True, False, True, False]]]
+    assert not bank_candidates(logits, labels, threshold=0.999).any()
+
+
+def test_state_dict_round_trip():
+    bank = ClassMemoryBank(num_classes=3, capacity=4, dim=2)
+    bank.add(torch.randn(6, 2), torch.tensor([0, 0, 1, 2, 2, 2]), torch.arange(6), torch.rand(6), per_image=1)
+    other = ClassMemoryBank(num_classes=3, capacity=4, dim=2)
+    other.load_state_dict(bank.state_dict())
+    for c in range(3):
+        assert torch.equal(bank.ordered(c), other.ordered(c))
