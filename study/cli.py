@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
 
 EXIT_BAD_INPUT = 2
@@ -54,7 +55,82 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, help="continue from a checkpoint.pt written by a previous run")
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(handler=_train)
+
+    defaults = StudySpec(name="-")
+    run = commands.add_parser("run", help="run a hyperparameter study on Ray (local by default)",
+                              description="Optuna samples, ASHA stops early, every report lands in Parquet.")
+    run.add_argument("--name", help="study name (default: study-<time>); its folder is DIR/NAME")
+    run.add_argument("--dir", type=Path, default=Path("studies"), help="folder of the studies (default: studies)")
+    run.add_argument("--resume", metavar="NAME", help="continue the interrupted study NAME with its saved spec")
+    run.add_argument("--replace", action="store_true", help="move an existing study of that name aside first")
+    run.add_argument("--space", default=defaults.space,
+                     help="built-in space name (paper, default, contrastive) or a .yaml/.toml file")
+    run.add_argument("--samples", type=int, default=defaults.samples, help="number of trials")
+    run.add_argument("--max-iters", type=int, default=defaults.max_iters, help="training iterations of a full trial")
+    run.add_argument("--grace", type=int, default=defaults.grace, help="ASHA's first rung, in iterations")
+    run.add_argument("--reduction", type=float, default=defaults.reduction, help="ASHA's reduction factor")
+    run.add_argument("--searcher", choices=("tpe", "random"), default=defaults.searcher)
+    run.add_argument("--scheduler", choices=("asha", "fifo"), default=defaults.scheduler)
+    run.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379, ray://host:10001, auto)")
+    run.add_argument("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
+    run.add_argument("--gpus-per-trial", type=float, default=defaults.gpus_per_trial,
+                     help="fractions pack trials onto a GPU, e.g. 0.5 runs two per GPU")
+    run.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                     help="trials at once (default: as many as the resources allow)")
+    run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampler")
+    run.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                     help="TrainConfig values fixed for every trial, e.g. --set dataset=voc data_root=/data")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+
+    status = commands.add_parser("status", help="the trials table of a study, from its Parquet store")
+    status.add_argument("name")
+    status.add_argument("--dir", type=Path, default=Path("studies"))
+    status.set_defaults(handler=_status)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.run import run_study
+
+    fixed = dict(parse_assignment(text) for text in args.assignments)
+    name = args.resume or args.name or time.strftime("study-%Y%m%d-%H%M%S")
+    spec = StudySpec(name=name, space=args.space, samples=args.samples, max_iters=args.max_iters, grace=args.grace,
+                     reduction=args.reduction, searcher=args.searcher, scheduler=args.scheduler,
+                     address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                     concurrency=args.concurrency, storage=args.storage, seed=args.seed, fixed=fixed)
+    print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
+    result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
+    print(f"{result['trials']} trials: {counts}")
+    if result["best"] is None:
+        print("no trial finished an evaluation")
+        return EXIT_FAILED
+    best = result["best"]
+    print(f"best trial {best['trial_id']}: val mIoU {100 * best['best_val_miou']:.1f} "
+          f"({best['status']}, {best['iterations']} iterations)")
+    from search_spaces import get_space
+
+    searched = _searched_keys(get_space(spec.space), result["best_config"])
+    print("best config: " + json.dumps({k: result["best_config"][k] for k in searched}, sort_keys=True))
+    print(f"results: {args.dir / name / 'results'}")
+    return 0
+
+
+def _searched_keys(space, config: dict) -> list[str]:  # noqa: ANN001
+    keys = set(space.paper_point)
+    return sorted(k for k in config if k in keys or k in ("temperature",) and config.get("contrastive_loss") == "infonce")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from study.store import ResultStore, status_table
+
+    folder = args.dir / args.name
+    if not (folder / "study.json").is_file():
+        raise ConfigError(f"no study {args.name!r} in {args.dir} (no {folder / 'study.json'})")
+    print(status_table(ResultStore(folder, args.name).trials()))
+    return 0
 
 
 def load_config(config: Path | None, assignments: Sequence[str]) -> TrainConfig:

@@ -9,11 +9,6 @@ keyed by everything that changes the weights.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.cache import cache_key, cached_tensors
 from trainer.data import DATA_SEED
 from trainer.data.digits import load_pools, make_crops
 from trainer.models import normalise
@@ -32,16 +28,10 @@ LR = 2e-3
 RECIPE_VERSION = 1  # bump when the recipe changes, so old caches are not reused
 
 
-def cache_dir() -> Path:
-    """``$SEMISEG_CACHE`` or ``~/.cache/semiseg-study``."""
-    return Path(os.environ.get("SEMISEG_CACHE", Path.home() / ".cache" / "semiseg-study"))
-
-
-def cache_path(network: str, steps: int, seed: int) -> Path:
-    key = json.dumps({"network": network, "steps": steps, "seed": seed, "crop": CROP_SIZE, "batch": BATCH,
-                      "lr": LR, "version": RECIPE_VERSION, "data_seed": DATA_SEED}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir() / f"digits-{network}-{steps}steps-{digest}.pt"
+def cache_name(network: str, steps: int, seed: int) -> str:
+    key = cache_key(network=network, steps=steps, seed=seed, crop=CROP_SIZE, batch=BATCH, lr=LR,
+                    version=RECIPE_VERSION, data_seed=DATA_SEED)
+    return f"digits-{network}-{steps}steps-{key}.pt"
 
 
 def pretrained_backbone(network: str, steps: int, seed: int = 0,
@@ -50,19 +40,7 @@ def pretrained_backbone(network: str, steps: int, seed: int = 0,
     if network != "small":
         raise ValueError(f"digit pretraining is built for network 'small', not {network!r}; "
                          "give pretrained=PATH with ImageNet weights for the ResNets")
-    path = cache_path(network, steps, seed)
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            pass  # a damaged cache file is rebuilt below
-    state = train_classifier(steps, seed, progress)[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: trials that start together may race here; each writes its own temp file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save(state, handle)
-    os.replace(handle.name, path)
-    return state
+    return cached_tensors(cache_name(network, steps, seed), lambda: train_classifier(steps, seed, progress)[0])
 
 
 def train_classifier(steps: int, seed: int = 0, progress: Callable[[int, int], None] | None = None

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from trainer.cache import cache_key, cached_tensors
 from trainer.config import ConfigError, TrainConfig
 
 IGNORE_INDEX = 255
@@ -71,12 +72,23 @@ DATA_SEED = 0
 def _digits(cfg: TrainConfig) -> SegmentationData:
     from trainer.data import digits
 
-    pools = digits.load_pools(DATA_SEED)
-    make = lambda pool, count, seed: digits.make_scenes(  # noqa: E731
-        pools[pool], count, cfg.image_size, cfg.digits_min, cfg.digits_max, seed=seed)
-    train_x, train_y = make("train", cfg.digits_scenes, DATA_SEED + 1)
-    val_x, val_y = make("val", cfg.digits_eval_scenes, DATA_SEED + 2)
-    test_x, test_y = make("test", cfg.digits_eval_scenes, DATA_SEED + 3)
+    def make_all() -> dict[str, torch.Tensor]:
+        pools = digits.load_pools(DATA_SEED)
+        scenes = {}
+        for offset, (split, count) in enumerate(
+                [("train", cfg.digits_scenes), ("val", cfg.digits_eval_scenes), ("test", cfg.digits_eval_scenes)], 1):
+            images, labels = digits.make_scenes(pools[split], count, cfg.image_size, cfg.digits_min,
+                                                cfg.digits_max, seed=DATA_SEED + offset)
+            scenes[f"{split}_images"], scenes[f"{split}_labels"] = images, labels
+        return scenes
+
+    # Scenes take seconds to compose; every trial of a study needs the same ones.
+    key = cache_key(size=cfg.image_size, lo=cfg.digits_min, hi=cfg.digits_max, train=cfg.digits_scenes,
+                    eval=cfg.digits_eval_scenes, seed=DATA_SEED, version=digits.SCENES_VERSION)
+    scenes = cached_tensors(f"digits-scenes-{key}.pt", make_all)
+    train_x, train_y = scenes["train_images"], scenes["train_labels"]
+    val_x, val_y = scenes["val_images"], scenes["val_labels"]
+    test_x, test_y = scenes["test_images"], scenes["test_labels"]
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(DATA_SEED))
     n_labeled = labeled_count(len(train_x), cfg.labeled_fraction)
     lab, unl = order[:n_labeled], order[n_labeled:]

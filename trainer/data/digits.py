@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 NUM_CLASSES = 11  # background + ten digits
 CLASS_NAMES = ("background",) + tuple(f"digit {d}" for d in range(10))
+SCENES_VERSION = 1  # bump when scene composition changes, so cached scenes are remade
 POOL_FRACTIONS = {"pretrain": 0.40, "train": 0.30, "val": 0.15, "test": 0.15}
 
 

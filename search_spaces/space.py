@@ -1,0 +1,148 @@
+"""SearchSpace: what a study searches, as an Optuna define-by-run function plus two fixed points.
+
+Define-by-run because the spaces are conditional: the InfoNCE temperature means
+nothing when the paper's loss is chosen, so it is only asked for on that branch
+and no trial is spent varying a value the run ignores.
+
+A space knows nothing of Ray or of the study: it maps an Optuna trial to
+TrainConfig overrides. ``check_keys`` catches a typo or an out-of-range value
+when the space is loaded, not hours later inside a worker.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+from trainer.config import ConfigError, TrainConfig, field_names
+
+CHECK_SAMPLES = 20  # random trials per check: enough to reach every branch of a few categoricals
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest option, or "" when none is close."""
+    close = difflib.get_close_matches(word, sorted(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A named search space. Treat ``paper_point`` and ``fixed`` as read-only: spaces are shared.
+
+    ``suggest`` maps an Optuna trial to TrainConfig overrides (the sampled values).
+    ``paper_point`` gives the paper's value of every param the space searches, so the
+    study can evaluate it first as the reference point; ``{}`` means no such point.
+    ``fixed`` holds overrides applied to every trial (e.g. a shorter budget).
+    A trial's config is ``TrainConfig.from_dict({**fixed, **suggest(trial)})``.
+    """
+
+    name: str
+    description: str
+    suggest: Callable[[optuna.trial.Trial], dict[str, Any]]
+    paper_point: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def check_keys(self, base: Mapping[str, Any] | None = None, *, samples: int = CHECK_SAMPLES) -> None:
+        """Raise ConfigError unless every config the space can produce is a valid TrainConfig.
+
+        Runs ``suggest`` on ``samples`` random trials of a throwaway in-memory study
+        (seeded, so the check is reproducible), and replays ``paper_point`` through
+        ``suggest`` to prove it names exactly the searched params, inside their ranges.
+        ``base`` holds overrides the caller applies between ``fixed`` and the sample
+        (a study's budget, --set values), so the check sees the configs trials will run:
+        ``TrainConfig.from_dict({**fixed, **base, **sample})``.
+        """
+        base = dict(base or {})
+        self._check_keys_of("fixed", self.fixed)
+        self._check_keys_of("base", base)
+        self._check_config("fixed" if not base else "fixed and base", base, {})
+        with _quiet_optuna():
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+            for _ in range(samples):
+                self._check_config("sampled trial", base, self._run(study.ask(), "sampled trial"))
+        if self.paper_point:
+            self._check_paper_point(base)
+
+    # ------------------------------------------------------------------------------------
+    def _error(self, message: str) -> ConfigError:
+        return ConfigError(f"search space {self.name!r}: {message}")
+
+    def _run(self, trial: optuna.trial.BaseTrial, what: str) -> dict[str, Any]:
+        values = self.suggest(trial)
+        if not isinstance(values, dict):
+            raise self._error(f"suggest returned {type(values).__name__} for a {what}, expected a dict")
+        return values
+
+    def _check_keys_of(self, what: str, values: dict[str, Any]) -> None:
+        known = field_names()
+        for key in values:
+            if key not in known:
+                raise self._error(f"{what}: unknown TrainConfig key {key!r}{did_you_mean(str(key), known)}")
+
+    def _check_config(self, what: str, base: dict[str, Any], values: dict[str, Any]) -> None:
+        """Known keys, no key both searched and fixed, and a config that validates."""
+        self._check_keys_of(what, values)
+        both = sorted(set(values) & set(self.fixed))
+        if both:
+            raise self._error(f"{both[0]!r} is both searched and fixed: remove it from fixed")
+        try:
+            TrainConfig.from_dict({**self.fixed, **base, **values})
+        except ConfigError as err:
+            raise self._error(f"{what}: {err}") from None
+
+    def _check_paper_point(self, base: dict[str, Any]) -> None:
+        trial = optuna.trial.FixedTrial(dict(self.paper_point))
+        self._check_keys_of("paper_point", self.paper_point)
+        try:
+            with warnings.catch_warnings():  # out-of-range values are reported below, as errors
+                warnings.simplefilter("ignore")
+                values = self._run(trial, "paper_point")
+        except ValueError as err:  # a searched param the point leaves out, or a value not among the choices
+            missing = re.search(r"parameter '(.+?)' is not found", str(err))
+            if missing:
+                raise self._error(f"paper_point gives no value for {missing[1]!r}, which the space searches "
+                                  "at that point") from None
+            raise self._error(f"paper_point does not fit the space: {err}") from None
+        extra = sorted(set(self.paper_point) - set(trial.params))
+        if extra:
+            raise self._error(f"paper_point sets {extra[0]!r}, which the space does not search at that "
+                              "point: move it to fixed")
+        for name, dist in trial.distributions.items():
+            if not _contains(dist, trial.params[name]):
+                raise self._error(f"paper_point {name} = {trial.params[name]!r} is outside the searched "
+                                  f"range {dist}")
+        self._check_config("paper_point", base, values)
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dist`` (range and step grid), with public attributes only."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    low, high, step = dist.low, dist.high, getattr(dist, "step", None)
+    if not low <= value <= high:
+        return False
+    if step:
+        offset = (value - low) / step
+        return abs(offset - round(offset)) <= 1e-8 * max(1.0, abs(offset))
+    return True
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Hide Optuna's "A new study created in memory" line for the check's throwaway study."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)

@@ -1,0 +1,145 @@
+"""The driver's view of a running study: every report into Parquet, and a progress line.
+
+``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports
+are written as they arrive (one atomic part each, compacted at the end), so a killed
+driver loses nothing that Tune had already received; the store drops any (trial,
+iteration) it holds already, so a resumed driver never writes a row twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from study.store import ResultStore, flatten_report
+from trainer.config import TrainConfig
+
+STATUSES = ("running", "finished", "stopped", "errored")
+
+
+class StoreCallback(Callback):
+    def __init__(self, folder: Path, study: str, fixed: dict[str, Any], samples: int,
+                 show_progress: bool = True) -> None:
+        self.folder, self.study, self.fixed, self.samples = Path(folder), study, dict(fixed), samples
+        self.show_progress = show_progress
+        self._store: ResultStore | None = None
+        self._bar: Any = None
+        self._trials: dict[str, dict[str, Any]] = {}
+
+    # Tune pickles callbacks with the experiment: leave the open bar and store behind.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_bar"], state["_store"] = None, None
+        return state
+
+    @property
+    def store(self) -> ResultStore:
+        if self._store is None:
+            self._store = ResultStore(self.folder, self.study)
+            for row in self._store.trials().to_pylist():  # a resumed driver continues the table
+                self._trials.setdefault(row["trial_id"], row)
+        return self._store
+
+    # --- Tune's hooks -----------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._trial_row(trial)
+        row.update(status="running", started=row.get("started") or _now(), ended=None, error=None, stop_reason=None)
+        self._write_trials()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "val_miou" not in result:
+            return
+        node = str(result.get("node_ip") or result.get("hostname") or socket.gethostname())
+        metrics = {
+            "iteration": result["iteration"], "miou": result["val_miou"], "iou": result.get("iou", []),
+            "losses": {k[len("loss_"):]: v for k, v in result.items() if k.startswith("loss_")},
+            "bank_fill": result.get("bank_fill", []), "images_per_second": result.get("images_per_second"),
+            "lr": result.get("lr"), "train_seconds": result.get("train_seconds"),
+        }
+        self.store.append_reports([flatten_report(self.study, trial.trial_id, metrics, self._config(trial), node,
+                                                  float(result.get("time_total_s", 0.0)))])
+        row = self._trial_row(trial)
+        row["node"] = node
+        row["iterations"] = int(result["iteration"])
+        row["wall_seconds"] = float(result.get("time_total_s", 0.0))
+        if result.get("diverged"):
+            row.update(status="errored", stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
+        else:
+            row["last_val_miou"] = float(result["val_miou"])
+            row["best_val_miou"] = max(float(result["val_miou"]), row.get("best_val_miou") or float("-inf"))
+        self._write_trials()
+        self._show()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._trial_row(trial)
+        if row.get("status") != "errored":
+            finished = (row.get("iterations") or 0) >= int(self._config(trial)["iterations"])
+            row["status"] = "finished" if finished else "stopped"
+            row["stop_reason"] = None if finished else "asha: below the rung's cutoff"
+        row["ended"] = _now()
+        self._write_trials()
+        self._show()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._trial_row(trial)
+        row.update(status="errored", stop_reason="raised", error=_error_text(trial), ended=_now())
+        self._write_trials()
+        self._show()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # --- helpers --------------------------------------------------------------------------
+    def _config(self, trial: Any) -> dict[str, Any]:
+        return TrainConfig.from_dict({**self.fixed, **trial.config}).to_dict()
+
+    def _trial_row(self, trial: Any) -> dict[str, Any]:
+        _ = self.store  # loads rows of a resumed study first
+        row = self._trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "study": self.study})
+        row.update({f"config.{k}": v for k, v in self._config(trial).items()})
+        return row
+
+    def _write_trials(self) -> None:
+        self.store.write_trials(list(self._trials.values()))
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self._trials.values():
+            counts[row.get("status", "running")] = counts.get(row.get("status", "running"), 0) + 1
+        return counts
+
+    def _show(self) -> None:
+        if not self.show_progress:
+            return
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self.samples, desc=f"study {self.study}", unit="trial", dynamic_ncols=True)
+        counts = self.counts()
+        ended = counts["finished"] + counts["stopped"] + counts["errored"]
+        self._bar.update(ended - self._bar.n)
+        best = max((r.get("best_val_miou") or 0.0 for r in self._trials.values()), default=0.0)
+        self._bar.set_postfix_str(f"running {counts['running']}, finished {counts['finished']}, "
+                                  f"stopped early {counts['stopped']}, errored {counts['errored']}, "
+                                  f"best val mIoU {100 * best:.1f}")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of the trial's traceback: the error itself."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else "the trial raised (no error text was saved)"

@@ -1,0 +1,189 @@
+"""Run (or resume) a study: Ray Tune schedules the trials, Optuna samples, ASHA stops early.
+
+``run_study(spec, root)`` is the whole job: it connects to Ray, builds the searcher and
+the scheduler, runs the Tuner with a callback that writes every report to Parquet and
+shows progress, and returns a summary of the best trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer.config import ConfigError, TrainConfig
+from search_spaces import SearchSpace, get_space
+from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
+
+logger = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+
+def study_folder(root: Path, name: str) -> Path:
+    return (root / name).resolve()
+
+
+def prepare(spec: StudySpec, root: Path, *, resume: bool, replace: bool = False, say: Say = print) -> Path:
+    """Check everything that can be checked before Ray starts; create or reopen the folder."""
+    spec.validate()
+    folder = study_folder(root, spec.name)
+    if resume:
+        if not folder.is_dir():
+            raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
+        return folder
+    if folder.exists():
+        if not replace:
+            raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
+                              f"`semiseg-study run --resume {spec.name}`, or choose another --name")
+        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(kept)  # never delete a study: move it aside
+        say(f"moved the previous study {spec.name!r} to {kept}")
+    try:
+        folder.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the study folder {folder}: {err.strerror}") from None
+    return folder
+
+
+def check_space(spec: StudySpec) -> tuple[SearchSpace, TrainConfig, int, str | None]:
+    """The space, the base config of every trial, and ASHA's grace period (moved if needed)."""
+    space = get_space(spec.space)
+    base = spec.base_config()
+    space_fixed = dict(space.fixed)
+    base = {**space_fixed, **base}
+    cfg = TrainConfig.from_dict({**base, **space.paper_point})
+    space.check_keys(base=base)
+    grace, note = grace_after_ramp_up(spec.grace, cfg)
+    return space, cfg, grace, note
+
+
+def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: bool = False,
+              say: Say = print, progress: bool = True) -> dict[str, Any]:
+    """Run the study to the end and return the summary of its best trial."""
+    if resume:
+        spec = read_study_json(study_folder(root, spec.name))
+    space, base_cfg, grace, note = check_space(spec)
+    folder = prepare(spec, root, resume=resume, replace=replace, say=say)
+    if note and spec.scheduler == "asha":
+        say(note)
+    if not resume:
+        write_study_json(folder, spec)
+
+    import ray
+
+    owns_ray = connect(spec.address)
+    try:
+        _ensure_pretrained(base_cfg)
+        tuner = _tuner(spec, space, folder, grace, resume, progress)
+        tuner.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    from study.store import ResultStore
+
+    store = ResultStore(folder, spec.name)
+    store.compact()
+    return summary(store)
+
+
+def connect(address: str | None) -> bool:
+    """Start or join Ray; True if this call started it (and so must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(include_dashboard=False, **common)
+    return True
+
+
+def _ensure_pretrained(cfg: TrainConfig) -> None:
+    """Pretrain the digits backbone once here, not in every trial at the same time."""
+    if cfg.dataset == "digits" and cfg.pretrained == "auto" and cfg.network == "small":
+        from trainer.data import build_data
+        from trainer.pretrain import pretrained_backbone
+
+        pretrained_backbone(cfg.network, cfg.pretrain_steps)
+        build_data(cfg)  # and compose the scenes once
+
+
+def concurrency(spec: StudySpec) -> int:
+    if spec.concurrency:
+        return spec.concurrency
+    import ray
+
+    resources = ray.cluster_resources()
+    slots = math.floor(resources.get("CPU", 1) / spec.cpus_per_trial)
+    if spec.gpus_per_trial > 0:
+        slots = min(slots, math.floor(resources.get("GPU", 0) / spec.gpus_per_trial))
+    return max(1, slots)
+
+
+def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume: bool, progress: bool):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.callbacks import StoreCallback
+    from study.search import METRIC, PersistentASHA, StudySearcher, define_by_run
+    from study.trial import run_trial
+
+    fixed = {**space.fixed, **spec.base_config()}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=fixed),
+                                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    tune_dir = folder / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir / spec.name)):
+        return tune.Tuner.restore(str(tune_dir / spec.name), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    if spec.searcher == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=spec.seed, multivariate=True, constant_liar=True)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    storage_url = spec.storage or f"sqlite:///{folder / 'optuna.db'}"
+    try:
+        storage = optuna.storages.RDBStorage(storage_url)
+    except Exception as err:  # a bad URL or an unreachable database
+        raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
+    searcher = StudySearcher(space=define_by_run(space), metric=METRIC, mode="max", sampler=sampler,
+                             storage=storage, study_name=spec.name,
+                             points_to_evaluate=[space.paper_point] if space.paper_point else None)
+    if spec.scheduler == "asha":
+        scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
+                                   reduction_factor=spec.reduction)
+    else:
+        scheduler = FIFOScheduler()
+    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,
+                                    max_concurrent_trials=concurrency(spec), reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=2)),
+    )
+
+
+def summary(store: "Any") -> dict[str, Any]:
+    """The best trial by its best val mIoU, read back from Parquet."""
+    trials = store.trials().to_pylist()
+    done = [t for t in trials if t.get("best_val_miou") is not None and t["status"] != "errored"]
+    if not done:
+        return {"trials": len(trials), "best": None}
+    best = max(done, key=lambda t: t["best_val_miou"])
+    config = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return {"trials": len(trials), "counts": counts, "best": best, "best_config": config}
+

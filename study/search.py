@@ -1,0 +1,135 @@
+"""Optuna and ASHA as Ray Tune sees them, with two known traps fixed.
+
+1. Ray's ``OptunaSearch`` tells Optuna that a trial ASHA stopped is COMPLETE, with its
+   truncated score, so TPE learns from cut-short runs as if they had finished.
+   ``StudySearcher`` records such a trial as PRUNED, with its intermediate values
+   reported at the trainer's own iterations.
+2. ``Tuner.restore`` brings back the searcher but not ASHA's rungs (ray issue 30838), so
+   a resumed study would prune differently. ``PersistentASHA`` writes its rungs to a
+   JSON file in the study folder after every decision and reads them back on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+METRIC = "val_miou"
+TIME_ATTR = "iteration"
+
+
+def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict[str, Any] | None]:
+    """Ray's define-by-run hook: the space samples through ``trial``; constants it returns are passed on."""
+
+    def sample(trial: optuna.Trial) -> dict[str, Any] | None:
+        values = space.suggest(trial)
+        constants = {k: v for k, v in values.items() if k not in trial.params}
+        return constants or None
+
+    return sample
+
+
+class StudySearcher(OptunaSearch):
+    """OptunaSearch that records ASHA-stopped trials as pruned and failed trials as failed."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result.get("diverged") or METRIC not in result:
+            return
+        try:  # a step reported twice (a retried trial replays its last evaluation) is harmless
+            self._ot_trials[trial_id].report(float(result[METRIC]), int(result[TIME_ATTR]))
+        except Exception as err:  # noqa: BLE001 - Optuna warns or raises on repeats; keep going
+            logger.debug("optuna report skipped: %s", err)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, value = outcome(result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore
+            logger.warning("could not record trial %s in Optuna: %s", trial_id, err)
+        self._completed_trials.add(trial_id)
+
+
+def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
+    """How a finished Tune trial is recorded in Optuna."""
+    if error or (result and result.get("diverged")):
+        return TrialState.FAIL, None
+    if not result or METRIC not in result:
+        return TrialState.PRUNED, None
+    if int(result.get(TIME_ATTR, 0)) < int(result.get("max_iterations", 0)):
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, float(result[METRIC])
+
+
+class PersistentASHA(ASHAScheduler):
+    """ASHA on the trainer's iterations, whose rungs survive a driver restart."""
+
+    def __init__(self, state_path: str | Path, **kwargs: Any) -> None:
+        super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
+        self._state_path = str(state_path)
+        self._loaded = False
+
+    def _load(self) -> None:
+        # Lazily: Tuner.restore unpickles this object without calling __init__.
+        if self._loaded:
+            return
+        self._loaded = True
+        if not os.path.isfile(self._state_path):
+            return
+        with open(self._state_path) as handle:
+            saved = json.load(handle)
+        for bracket, rungs in zip(self._brackets, saved["brackets"]):
+            for (milestone, recorded), (saved_milestone, saved_recorded) in zip(bracket._rungs, rungs):
+                if float(milestone) == float(saved_milestone):
+                    recorded.update(saved_recorded)
+
+    def _save(self) -> None:
+        state = {"brackets": [[[m, r] for m, r in b._rungs] for b in self._brackets]}
+        tmp = self._state_path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(state, handle)
+        os.replace(tmp, self._state_path)
+
+    def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature
+        self._load()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
+        self._load()
+        if trial.trial_id not in self._trial_info:  # a trial restored mid-run
+            self._trial_info[trial.trial_id] = self._brackets[0]
+        if result.get("diverged"):
+            return self.STOP
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:  # noqa: ANN001
+        self._load()
+        if trial.trial_id not in self._trial_info:
+            return
+        if result.get("diverged"):
+            del self._trial_info[trial.trial_id]
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def rungs(self) -> list[tuple[float, dict[str, float]]]:
+        """(milestone, {trial id: score}) of the first bracket, lowest milestone first."""
+        self._load()
+        return [(m, dict(r)) for m, r in reversed(self._brackets[0]._rungs)]

@@ -1,0 +1,38 @@
+"""The on-disk cache for things that are slow to make and never change: generated scenes,
+pretrained weights. Files are written atomically, so trials that start together can race."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def cache_dir() -> Path:
+    """``$SEMISEG_CACHE`` or ``~/.cache/semiseg-study``."""
+    return Path(os.environ.get("SEMISEG_CACHE", Path.home() / ".cache" / "semiseg-study"))
+
+
+def cache_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_tensors(name: str, make: Callable[[], Any]) -> Any:
+    """Load ``name`` from the cache, or ``make()`` it and store it (tensors, dicts, tuples)."""
+    path = cache_dir() / name
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            pass  # a damaged file is made again below
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".", suffix=".tmp", delete=False) as handle:
+        torch.save(value, handle)
+    os.replace(handle.name, path)
+    return value
