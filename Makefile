@@ -19,7 +19,7 @@ $(BIN)/semiseg-study: pyproject.toml
 install: $(BIN)/semiseg-study
 
 study: install
-	$(BIN)/semiseg-study train --out runs/main
+	$(BIN)/semiseg-study run --name main --replace
 
 test: install
 	$(BIN)/python -m pytest -q

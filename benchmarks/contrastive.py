@@ -33,14 +33,18 @@ from trainer.models.selectors import ClassSelectors, rescale_to_mean_one
 PIXELS, CLASSES, DIM, IMAGES = 14 * 41 * 41, 21, 256, 14
 
 
-def _median_ms(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _median_ms(fns: dict[int, Callable[[], None]], repeats: int) -> dict[int, float]:
+    """Median ms of each function, called in turn inside one loop so that they share the
+    machine's state (a VM's noise drifts over seconds; interleaving keeps comparisons fair)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[int, list[float]] = {key: [] for key in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: 1000 * statistics.median(values) for key, values in times.items()}
 
 
 def _problem(capacity: int, seed: int = 0):
@@ -50,39 +54,33 @@ def _problem(capacity: int, seed: int = 0):
     probs[0] = 0.6
     classes = torch.multinomial(probs, PIXELS, replacement=True, generator=g)
     z = torch.randn(PIXELS, DIM, generator=g)
-    bank = torch.randn(CLASSES, capacity, DIM, generator=g)
+    bank = torch.nn.functional.normalize(torch.randn(CLASSES, capacity, DIM, generator=g), dim=2)  # as stored
     valid = torch.ones(CLASSES, capacity, dtype=torch.bool)
     w = torch.rand(PIXELS, generator=g) + 0.5
     v = torch.rand(CLASSES, capacity, generator=g) + 0.5
     return z, classes, w, bank, valid, v
 
 
-def bench(capacity: int, repeats: int) -> dict[str, float]:
+def _steps(capacity: int) -> dict[str, Callable[[], None]]:
+    """The timed operations at one bank size."""
     z, classes, w, bank, valid, v = _problem(capacity)
-    results = {}
+    leaf = z.clone().requires_grad_()
 
     def loss_step(fn: Callable, *extra) -> Callable[[], None]:
         def step() -> None:
-            zz = z.clone().requires_grad_()
-            fn(zz, classes, w, bank, valid, v, *extra).backward()
+            leaf.grad = None
+            fn(leaf, classes, w, bank, valid, v, *extra).backward()
         return step
-
-    results["loss, closed form"] = _median_ms(loss_step(contrastive_paper), repeats)
-    results["loss, direct M x N"] = _median_ms(loss_step(contrastive_paper_direct), max(1, repeats // 2))
-    results["InfoNCE (tau 0.1), all memory as negatives"] = _median_ms(
-        loss_step(contrastive_infonce, 0.1), max(1, repeats // 2))
 
     feature_selectors, memory_selectors = ClassSelectors(CLASSES, DIM), ClassSelectors(CLASSES, DIM)
 
     def whole_term() -> None:
-        zz = z.clone().requires_grad_()
-        pixel_w = rescale_to_mean_one(torch.sigmoid(feature_selectors.score_pixels(zz.detach(), classes)),
+        leaf.grad = None
+        pixel_w = rescale_to_mean_one(torch.sigmoid(feature_selectors.score_pixels(leaf.detach(), classes)),
                                       classes, CLASSES)
         s = torch.sigmoid(memory_selectors.score_bank(bank, valid))
         memory_w = s * (valid.sum(1, keepdim=True) / s.sum(1, keepdim=True))
-        contrastive_paper(zz, classes, pixel_w, bank, valid, memory_w).backward()
-
-    results["whole term (selectors + loss)"] = _median_ms(whole_term, repeats)
+        contrastive_paper(leaf, classes, pixel_w, bank, valid, memory_w).backward()
 
     teacher_selectors = ClassSelectors(CLASSES, DIM).eval()
     images = torch.arange(PIXELS) // (41 * 41)
@@ -94,17 +92,28 @@ def bench(capacity: int, repeats: int) -> dict[str, float]:
         scores = teacher_selectors.score_pixels(z, classes)
         memory.add(z, classes, images, scores, per_image)
 
-    results["bank update (rank + write)"] = _median_ms(update, repeats)
-    return results
+    return {
+        "loss, closed form": loss_step(contrastive_paper),
+        "loss, direct M x N": loss_step(contrastive_paper_direct),
+        "InfoNCE (tau 0.1), all memory as negatives": loss_step(contrastive_infonce, 0.1),
+        "whole term (selectors + loss)": whole_term,
+        "bank update (rank + write)": update,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    small, large = bench(256, args.repeats), bench(2048, args.repeats)
+    steps = {capacity: _steps(capacity) for capacity in (256, 2048)}
+    slow = ("loss, direct M x N", "InfoNCE (tau 0.1), all memory as negatives")
+    results = {name: _median_ms({c: steps[c][name] for c in steps},
+                                max(3, args.repeats // 5) if name in slow else args.repeats)
+               for name in steps[256]}
+    small = {name: r[256] for name, r in results.items()}
+    large = {name: r[2048] for name, r in results.items()}
     print(f"VOC scale: {PIXELS:,} pixels, {CLASSES} classes, {DIM}-d, {args.threads} threads; "
           "median ms of forward + backward (update: one call)\n")
     print("| what | bank 256 | bank 2048 | 2048 / 256 |")

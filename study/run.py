@@ -134,7 +134,7 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
     from ray.tune.schedulers import FIFOScheduler
 
     from study.callbacks import StoreCallback
-    from study.search import METRIC, PersistentASHA, StudySearcher, define_by_run
+    from study.search import METRIC, DefineByRun, PersistentASHA, StudySearcher
     from study.trial import run_trial
 
     fixed = {**space.fixed, **spec.base_config()}
@@ -154,7 +154,7 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
         storage = optuna.storages.RDBStorage(storage_url)
     except Exception as err:  # a bad URL or an unreachable database
         raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
-    searcher = StudySearcher(space=define_by_run(space), metric=METRIC, mode="max", sampler=sampler,
+    searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
                              storage=storage, study_name=spec.name,
                              points_to_evaluate=[space.paper_point] if space.paper_point else None)
     if spec.scheduler == "asha":

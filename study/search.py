@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -30,15 +30,19 @@ METRIC = "val_miou"
 TIME_ATTR = "iteration"
 
 
-def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict[str, Any] | None]:
-    """Ray's define-by-run hook: the space samples through ``trial``; constants it returns are passed on."""
+class DefineByRun:
+    """Ray's define-by-run hook: the space samples through ``trial``; constants it returns pass on.
 
-    def sample(trial: optuna.Trial) -> dict[str, Any] | None:
-        values = space.suggest(trial)
+    A class, not a closure: Tune pickles the searcher with the experiment.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        values = self.space.suggest(trial)
         constants = {k: v for k, v in values.items() if k not in trial.params}
         return constants or None
-
-    return sample
 
 
 class StudySearcher(OptunaSearch):
@@ -58,6 +62,10 @@ class StudySearcher(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         state, value = outcome(result, error)
+        if state != TrialState.FAIL and result:
+            # Tune hands the result that ended a trial only to on_trial_complete: keep it as
+            # the last intermediate value (the point where ASHA stopped the trial).
+            self.on_trial_result(trial_id, result)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore

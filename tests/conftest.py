@@ -27,3 +27,16 @@ def tiny_overrides(**changes: object) -> dict:
     }
     values.update(changes)
     return values
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, bound to loopback, no dashboard."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    if started:
+        ray.shutdown()

@@ -1,6 +1,7 @@
 """The closed-form contrastive losses against their definitions, in float64."""
 
 import torch
+import torch.nn.functional as F
 
 from trainer.losses import (contrastive_infonce, contrastive_infonce_direct, contrastive_paper,
                             contrastive_paper_direct)
@@ -12,7 +13,7 @@ def _problem(seed: int = 0, classes: int = 5, pixels: int = 60, capacity: int = 
     labels = torch.randint(classes, (pixels,), generator=g)
     labels[:3] = 4  # class 4 has a few pixels ...
     w = (torch.rand(pixels, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
-    bank = torch.randn(classes, capacity, dim, generator=g, dtype=torch.float64)
+    bank = F.normalize(torch.randn(classes, capacity, dim, generator=g, dtype=torch.float64), dim=2)
     valid = torch.ones(classes, capacity, dtype=torch.bool)
     valid[1, 3:] = False          # a partly filled class
     valid[2, 1:] = False          # a class with one memory vector: skipped
@@ -38,7 +39,7 @@ def test_paper_loss_closed_form_equals_direct_formula_with_gradients():
 def test_paper_loss_is_zero_when_pixels_equal_their_class_memory():
     labels = torch.arange(20) % 2
     w = torch.rand(20, dtype=torch.float64) + 0.5
-    bank = torch.stack([torch.ones(4, 8), -torch.ones(4, 8)]).double()
+    bank = F.normalize(torch.stack([torch.ones(4, 8), -torch.ones(4, 8)]).double(), dim=2)
     z = torch.where((labels == 0)[:, None], 2.0, -3.0).double().expand(-1, 8)
     valid = torch.ones(2, 4, dtype=torch.bool)
     loss = contrastive_paper(z, labels, w, bank, valid, torch.ones(2, 4, dtype=torch.float64))
@@ -58,7 +59,7 @@ def test_infonce_equals_direct_formula_with_gradients():
 def test_infonce_prefers_pixels_near_their_own_class():
     _, labels, w, bank, valid, v = _problem(seed=2)
     valid = torch.ones_like(valid)
-    near_own = bank[labels, 0] + 0.01
+    near_own = bank[labels, 0] + 0.01  # the bank holds unit vectors
     near_other = bank[(labels + 1) % 5, 0] + 0.01
     own = contrastive_infonce(near_own, labels, w.detach(), bank, valid, v.detach(), 0.1)
     other = contrastive_infonce(near_other, labels, w.detach(), bank, valid, v.detach(), 0.1)

@@ -5,30 +5,39 @@ import torch
 from trainer.memory_bank import ClassMemoryBank, bank_candidates
 
 
-def _vectors(values: list[float], dim: int = 3) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)[:, None].expand(-1, dim).clone()
+DIM = 32
+
+
+def _vectors(values: list[int]) -> torch.Tensor:
+    """Vector k points along axis k (the bank stores unit vectors, so ids survive as directions)."""
+    return 3.0 * torch.nn.functional.one_hot(torch.tensor(values), DIM).float()
+
+
+def _ids(vectors: torch.Tensor) -> list[int]:
+    return vectors.argmax(dim=1).tolist()
 
 
 def test_capacity_and_fifo_order_newest_first():
-    bank = ClassMemoryBank(num_classes=2, capacity=4, dim=3)
+    bank = ClassMemoryBank(num_classes=2, capacity=4, dim=DIM)
     for step in range(3):  # three updates of two vectors each to class 1
         values = [10 * step + 1, 10 * step + 2]
         bank.add(_vectors(values), torch.tensor([1, 1]), torch.tensor([0, 1]),
                  scores=torch.zeros(2), per_image=5)
     assert bank.count.tolist() == [0, 4]
     assert bank.fill().tolist() == [0.0, 1.0]
-    newest_first = bank.ordered(1)[:, 0].tolist()
+    newest_first = _ids(bank.ordered(1))
+    assert torch.allclose(bank.ordered(1).norm(dim=1), torch.ones(4))  # stored as unit vectors
     # the oldest update (1, 2) fell out; step 2 is newest
     assert sorted(newest_first[:2]) == [21, 22] and sorted(newest_first[2:]) == [11, 12]
     assert bank.valid().tolist() == [[False] * 4, [True] * 4]
 
 
 def test_more_new_vectors_than_capacity_keeps_the_best_ranked():
-    bank = ClassMemoryBank(num_classes=1, capacity=3, dim=3)
+    bank = ClassMemoryBank(num_classes=1, capacity=3, dim=DIM)
     scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
     bank.add(_vectors([1, 2, 3, 4, 5]), torch.zeros(5, dtype=torch.long), torch.arange(5), scores, per_image=1)
     assert bank.count.tolist() == [3]
-    assert bank.ordered(0)[:, 0].tolist() == [2, 4, 3]  # best ranked is the newest
+    assert _ids(bank.ordered(0)) == [2, 4, 3]  # best ranked is the newest
 
 
 def test_policies_per_image_and_class():
@@ -39,9 +48,9 @@ def test_policies_per_image_and_class():
     classes = torch.tensor([0, 0, 0, 0, 0, 1, 1])
 
     def kept(policy: str, per_image: int = 1, seed: int = 0) -> dict[int, set]:
-        bank = ClassMemoryBank(num_classes=2, capacity=8, dim=3)
+        bank = ClassMemoryBank(num_classes=2, capacity=8, dim=DIM)
         bank.add(_vectors(values), classes, images, scores, per_image, policy, torch.Generator().manual_seed(seed))
-        return {c: set(bank.ordered(c)[:, 0].int().tolist()) for c in range(2)}
+        return {c: set(_ids(bank.ordered(c))) for c in range(2)}
 
     assert kept("highest") == {0: {3, 5}, 1: {7}}
     assert kept("lowest") == {0: {1, 4}, 1: {6}}

@@ -80,24 +80,67 @@ def contrastive_paper(z: torch.Tensor, classes: torch.Tensor, w: torch.Tensor,
                       bank: torch.Tensor, valid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The paper's loss in closed form.
 
-    z [P,d] pixel vectors of class ``classes`` [P] with weights w [P]; bank [C,N,d] with
-    ``valid`` [C,N] slots and weights v [C,N]. Classes with fewer than two pixels or two
-    memory vectors are skipped (as in the official code); the sum is divided by C.
+    z [P,d] pixel vectors of class ``classes`` [P] with weights w [P]; bank [C,N,d] of unit
+    vectors (``ClassMemoryBank`` stores them so) with ``valid`` [C,N] slots and weights v [C,N].
+    Classes with fewer than two pixels or two memory vectors are skipped (as in the official
+    code); the sum is divided by C.
     """
-    num_classes = bank.shape[0]
-    z_hat = F.normalize(z, dim=1)
-    m_hat = F.normalize(bank, dim=2)
-    v = v * valid
-    pixel_sum = z.new_zeros(num_classes, z.shape[1]).index_add_(0, classes, w[:, None] * z_hat)
-    weight_sum = z.new_zeros(num_classes).index_add_(0, classes, w)
-    pixel_count = torch.bincount(classes, minlength=num_classes).to(z.dtype)
-    memory_sum = (v[:, :, None] * m_hat).sum(dim=1)
-    memory_weight = v.sum(dim=1)
-    memory_count = valid.sum(dim=1).to(z.dtype)
-    active = (pixel_count > 1) & (memory_count > 1)
-    per_class = (weight_sum * memory_weight - (pixel_sum * memory_sum).sum(dim=1)) / (
-        pixel_count * memory_count).clamp_min(1)
-    return torch.where(active, per_class, 0.0).sum() / num_classes
+    return _PaperLoss.apply(z, w, classes, bank, v * valid, valid.sum(dim=1).to(z.dtype))
+
+
+class _PaperLoss(torch.autograd.Function):
+    """L = 1/C sum_c a_c (W_c V_c - <S_z[c], S_m[c]>) / (M_c N_c), with S_z[c] = sum_i w_i z_i/|z_i|,
+    S_m[c] = sum_j v_j m_j, W_c = sum_i w_i, V_c = sum_j v_j, a_c = 1 for classes with M_c, N_c > 1.
+
+    The backward is written out so that the bank is read once, in the forward: with
+    q[c,j] = <S_z[c], m_j>, dL/dv_j = k_c (W_c - q[c,j]) needs no second pass over it.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w, classes, bank, v, memory_count):  # type: ignore[override]
+        num_classes = bank.shape[0]
+        inverse_norm = z.norm(dim=1).clamp_min(1e-12).reciprocal()
+        weights = torch.zeros(num_classes, len(z), dtype=z.dtype, device=z.device)
+        weights[classes, torch.arange(len(z), device=z.device)] = w * inverse_norm
+        pixel_sum = weights @ z                                              # S_z [C,d]
+        weight_sum = weights.new_zeros(num_classes).index_add_(0, classes, w)  # W
+        pixel_count = torch.bincount(classes, minlength=num_classes).to(z.dtype)
+        memory_sum = torch.bmm(v[:, None, :], bank)[:, 0]                    # S_m [C,d]
+        # q [C,N]: only the gradient of the memory weights needs it (one more pass over the bank).
+        projections = torch.bmm(bank, pixel_sum[:, :, None])[:, :, 0] if ctx.needs_input_grad[4] else None
+        memory_weight = v.sum(dim=1)                                         # V
+        active = (pixel_count > 1) & (memory_count > 1)
+        k = torch.where(active, 1.0 / (num_classes * pixel_count * memory_count).clamp_min(1), 0.0)
+        loss = (k * (weight_sum * memory_weight - (pixel_sum * memory_sum).sum(dim=1))).sum()
+        ctx.save_for_backward(z, w, classes, inverse_norm, memory_sum, projections, weight_sum,
+                              memory_weight, k)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        z, w, classes, inverse_norm, memory_sum, projections, weight_sum, memory_weight, k = ctx.saved_tensors
+        grad_z = grad_w = grad_v = None
+        if ctx.needs_input_grad[4]:
+            grad_v = grad * k[:, None] * (weight_sum[:, None] - projections)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            g = -grad * k[:, None] * memory_sum                                 # dL/dS_z [C,d]
+            # <z_i/|z_i|, g[c_i]> from one [P,d] x [d,C] product, read off at each pixel's class.
+            dot = (z @ g.t()).gather(1, classes[:, None])[:, 0] * inverse_norm
+            if ctx.needs_input_grad[1]:
+                grad_w = dot + (grad * k * memory_weight)[classes]
+            if ctx.needs_input_grad[0]:
+                # d/dz of w z/|z| applied to g is w/|z| (g - <z/|z|, g> z/|z|): the first term is a
+                # [P,C] x [C,d] product with the coefficients in the one-hot matrix, the second in place.
+                coefficient = w * inverse_norm
+                spread = torch.zeros(len(z), len(g), dtype=z.dtype, device=z.device)
+                spread[torch.arange(len(z), device=z.device), classes] = coefficient
+                grad_z = (spread @ g).addcmul_(z, (coefficient * dot * inverse_norm)[:, None], value=-1.0)
+        return grad_z, grad_w, None, None, grad_v, None
+
+
+def _weighted_unit_sum(bank: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_j v_j m_j per class, [C,d], for a bank of unit vectors, as one batched product."""
+    return torch.bmm(v[:, None, :], bank)[:, 0]
 
 
 def contrastive_paper_direct(z: torch.Tensor, classes: torch.Tensor, w: torch.Tensor,
@@ -128,7 +171,7 @@ def contrastive_infonce(z: torch.Tensor, classes: torch.Tensor, w: torch.Tensor,
     z_hat = F.normalize(z, dim=1)
     m_hat = F.normalize(bank, dim=2)
     v = v * valid
-    memory_sum = (v[:, :, None] * m_hat).sum(dim=1)
+    memory_sum = _weighted_unit_sum(bank, v)
     memory_weight = v.sum(dim=1).clamp_min(1e-12)
     positive = (z_hat * memory_sum[classes]).sum(dim=1) / (memory_weight[classes] * temperature)
     flat = m_hat[valid]  # every memory vector, [K, d]

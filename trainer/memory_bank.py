@@ -1,6 +1,6 @@
 """The class-wise memory bank: per class, the newest ``capacity`` good feature vectors.
 
-One tensor [C, N, d] on the training device, used as C ring buffers. An update takes
+One tensor [C, N, d] of unit vectors on the training device, used as C ring buffers. An update takes
 candidate pixel vectors (the teacher's projections of labeled pixels it predicts
 correctly and confidently), keeps per image and class the ``per_image`` best ranked by
 the selector, and writes them as the newest entries of their class, dropping the oldest.
@@ -91,7 +91,10 @@ class ClassMemoryBank:
         keep = j >= overflow[classes]
         j = j - overflow[classes]
         slot = (self.head[classes] + j) % n
-        self.vectors[classes[keep], slot[keep]] = features[keep].to(self.vectors.dtype)
+        # Stored as unit vectors: the loss only ever uses directions (and the official code
+        # normalises memory before its selector too), so the norm is paid once, here.
+        unit = torch.nn.functional.normalize(features[keep].to(self.vectors.dtype), dim=1)
+        self.vectors[classes[keep], slot[keep]] = unit
         written = torch.minimum(per_class, torch.full_like(per_class, n))
         self.head = (self.head + written) % n
         self.count = torch.minimum(self.count + per_class, torch.full_like(self.count, n))

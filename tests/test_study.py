@@ -1,0 +1,113 @@
+"""A whole study on tiny data, with a real local Ray, real Optuna storage and real Parquet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import tiny_overrides
+from study.run import run_study
+from study.spec import StudySpec
+
+TINY = tiny_overrides(iterations=12, eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
+TINY.pop("iterations")
+
+# The learning rate spreads tiny trials apart, so that ASHA has something to cut.
+SPACE = """
+paper_point: {lr: 0.01, bank_size: 16}
+params:
+  lr: {type: float, low: 0.0001, high: 0.3, log: true}
+  bank_size: {type: int, low: 4, high: 64, log: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("spaces") / "tiny.yaml"
+    path.write_text(SPACE)
+    return str(path)
+
+
+def _spec(name: str, space: str, **changes) -> StudySpec:
+    values = dict(name=name, space=space, samples=8, max_iters=12, grace=3, reduction=2.0,
+                  concurrency=2, fixed=dict(TINY), seed=0)
+    values.update(changes)
+    return StudySpec(**values)
+
+
+def _tune_results(folder: Path) -> set[tuple[str, int, float]]:
+    """(trial id, iteration, val mIoU) of every result Tune logged for every trial."""
+    rows = set()
+    for path in (folder / "tune").rglob("result.json"):
+        for line in path.read_text().splitlines():
+            result = json.loads(line)
+            if "val_miou" in result:
+                rows.add((result["trial_id"], int(result["iteration"]), round(result["val_miou"], 9)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def asha_study(ray_local, tmp_path_factory, space_file):
+    root = tmp_path_factory.mktemp("studies")
+    summary = run_study(_spec("asha", space_file), root, progress=False, say=lambda _: None)
+    return root / "asha", summary
+
+
+def test_asha_stops_trials_and_optuna_records_them_as_pruned(asha_study):
+    folder, summary = asha_study
+    assert summary["trials"] == 8 and summary["best"] is not None
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{folder / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 8
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and complete
+    for trial in pruned:
+        assert trial.intermediate_values and max(trial.intermediate_values) < 12
+    for trial in complete:
+        assert trial.intermediate_values[12] == trial.value
+    # the paper's point is evaluated first
+    assert study.trials[0].params == {"lr": 0.01, "bank_size": 16}
+
+
+def test_parquet_agrees_with_what_tune_reported(asha_study):
+    folder, _ = asha_study
+    reports = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
+    stored = {(r["trial_id"], r["iteration"], round(r["val_miou"], 9)) for r in reports}
+    assert stored == _tune_results(folder)
+    keys = [(r["trial_id"], r["iteration"]) for r in reports]
+    assert len(keys) == len(set(keys))
+    trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
+    assert len(trials) == 8
+    statuses = {t["status"] for t in trials}
+    assert statuses <= {"finished", "stopped"} and "stopped" in statuses
+    for t in trials:
+        mine = [r for r in reports if r["trial_id"] == t["trial_id"]]
+        assert t["best_val_miou"] == pytest.approx(max(r["val_miou"] for r in mine))
+        assert t["iterations"] == max(r["iteration"] for r in mine)
+
+
+def test_parquet_is_readable_by_pandas_and_duckdb(asha_study):
+    duckdb = pytest.importorskip("duckdb")
+    pandas = pytest.importorskip("pandas")
+    folder, _ = asha_study
+    frame = pandas.read_parquet(folder / "results" / "reports")
+    assert {"trial_id", "iteration", "val_miou", "iou", "bank_fill", "config.bank_size"} <= set(frame.columns)
+    count = duckdb.sql(f"select count(*) from read_parquet('{folder}/results/reports/*.parquet')").fetchall()[0][0]
+    assert count == len(frame)
+
+
+def test_bad_space_file_fails_before_ray_starts(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  bank_sise: {type: int, low: 1, high: 4}\n")
+    result = subprocess.run([sys.executable, "-m", "study", "run", "--space", str(bad), "--name", "x",
+                             "--dir", str(tmp_path / "studies")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "bank_sise" in result.stderr and "bank_size" in result.stderr
+    assert not (tmp_path / "studies" / "x").exists()
