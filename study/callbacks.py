@@ -23,7 +23,8 @@ STATUSES = ("running", "finished", "stopped", "errored")
 
 class StoreCallback(Callback):
     def __init__(self, folder: Path, study: str, fixed: dict[str, Any], samples: int,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, stop_reason: str = "asha: below the rung's cutoff") -> None:
+        self.stop_reason = stop_reason
         self.folder, self.study, self.fixed, self.samples = Path(folder), study, dict(fixed), samples
         self.show_progress = show_progress
         self._store: ResultStore | None = None
@@ -53,7 +54,7 @@ class StoreCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "val_miou" not in result:
             return
-        node = str(result.get("node_ip") or result.get("hostname") or socket.gethostname())
+        node = str(result.get("node") or result.get("node_ip") or socket.gethostname())
         metrics = {
             "iteration": result["iteration"], "miou": result["val_miou"], "iou": result.get("iou", []),
             "losses": {k[len("loss_"):]: v for k, v in result.items() if k.startswith("loss_")},
@@ -79,7 +80,7 @@ class StoreCallback(Callback):
         if row.get("status") != "errored":
             finished = (row.get("iterations") or 0) >= int(self._config(trial)["iterations"])
             row["status"] = "finished" if finished else "stopped"
-            row["stop_reason"] = None if finished else "asha: below the rung's cutoff"
+            row["stop_reason"] = None if finished else self.stop_reason
         row["ended"] = _now()
         self._write_trials()
         self._show()

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="trials at once (default: as many as the resources allow)")
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampler")
+    run.add_argument("--time-budget", type=float, default=0.0,
+                     help="stop the study after this many seconds of wall time (0: none)")
     run.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                      help="TrainConfig values fixed for every trial, e.g. --set dataset=voc data_root=/data")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
     spec = StudySpec(name=name, space=args.space, samples=args.samples, max_iters=args.max_iters, grace=args.grace,
                      reduction=args.reduction, searcher=args.searcher, scheduler=args.scheduler,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                     concurrency=args.concurrency, storage=args.storage, seed=args.seed, fixed=fixed)
+                     concurrency=args.concurrency, storage=args.storage, seed=args.seed,
+                     time_budget=args.time_budget, fixed=fixed)
     print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
     result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
@@ -149,7 +152,19 @@ def _train(args: argparse.Namespace) -> int:
         for name, text in field_help().items():
             print(f"{name:30s} {text}")
         return 0
-    cfg = load_config(args.config, args.assignments)
+    if args.resume and not args.resume.is_file():
+        raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
+    if args.resume and args.config is None:
+        # Continue the run as it was configured; --set values still apply on top.
+        import torch
+
+        try:
+            saved = torch.load(args.resume, map_location="cpu", weights_only=True)["config"]
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
+            raise ConfigError(f"--resume {args.resume}: not a checkpoint of semiseg-study train ({err})") from None
+        cfg = TrainConfig.from_dict({**saved, **dict(parse_assignment(t) for t in args.assignments)})
+    else:
+        cfg = load_config(args.config, args.assignments)
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
@@ -170,8 +185,6 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg, progress=progress)
     if args.resume:
-        if not args.resume.is_file():
-            raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
         trainer.load(args.resume)
     metrics_path = out / "metrics.jsonl"
     with metrics_path.open("a") as metrics:

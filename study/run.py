@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 import os
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def check_space(spec: StudySpec) -> tuple[SearchSpace, TrainConfig, int, str | N
 def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: bool = False,
               say: Say = print, progress: bool = True) -> dict[str, Any]:
     """Run the study to the end and return the summary of its best trial."""
+    spec.validate()
     if resume:
         spec = read_study_json(study_folder(root, spec.name))
     space, base_cfg, grace, note = check_space(spec)
@@ -71,6 +73,8 @@ def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: boo
     if note and spec.scheduler == "asha":
         say(note)
     if not resume:
+        # A shared --storage may hold an older study of the same name: never continue it by accident.
+        spec.study_id = spec.study_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
         write_study_json(folder, spec)
 
     import ray
@@ -141,9 +145,16 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
     trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=fixed),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
-    if resume and tune.Tuner.can_restore(str(tune_dir / spec.name)):
-        return tune.Tuner.restore(str(tune_dir / spec.name), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+    if resume:
+        if tune.Tuner.can_restore(str(tune_dir / spec.name)):
+            # Errored trials already used their retries (FailureConfig) and are recorded as failed.
+            return tune.Tuner.restore(str(tune_dir / spec.name), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False)
+        from study.store import ResultStore
+
+        if ResultStore(folder, spec.name).trials().num_rows:
+            raise ConfigError(f"study {spec.name!r} cannot be resumed: its trials started but Ray Tune never "
+                              f"saved the experiment state in {tune_dir}; start it again with --replace")
     if spec.searcher == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=spec.seed, multivariate=True, constant_liar=True)
@@ -155,18 +166,20 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
     except Exception as err:  # a bad URL or an unreachable database
         raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
     searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
-                             storage=storage, study_name=spec.name,
+                             storage=storage, study_name=spec.study_id or spec.name,
                              points_to_evaluate=[space.paper_point] if space.paper_point else None)
     if spec.scheduler == "asha":
         scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
                                    reduction_factor=spec.reduction)
     else:
         scheduler = FIFOScheduler()
-    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress)
+    reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
+    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress, stop_reason=reason)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,
-                                    max_concurrent_trials=concurrency(spec), reuse_actors=False),
+                                    max_concurrent_trials=concurrency(spec), reuse_actors=True,
+                                    time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

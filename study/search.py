@@ -91,6 +91,7 @@ class PersistentASHA(ASHAScheduler):
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
         self._state_path = str(state_path)
         self._loaded = False
+        self._stopped: set[str] = set()
 
     def _load(self) -> None:
         # Lazily: Tuner.restore unpickles this object without calling __init__.
@@ -101,13 +102,16 @@ class PersistentASHA(ASHAScheduler):
             return
         with open(self._state_path) as handle:
             saved = json.load(handle)
+        # A trial stopped just before the driver died may come back from an older snapshot.
+        self._stopped = set(saved.get("stopped", []))
         for bracket, rungs in zip(self._brackets, saved["brackets"]):
             for (milestone, recorded), (saved_milestone, saved_recorded) in zip(bracket._rungs, rungs):
                 if float(milestone) == float(saved_milestone):
                     recorded.update(saved_recorded)
 
     def _save(self) -> None:
-        state = {"brackets": [[[m, r] for m, r in b._rungs] for b in self._brackets]}
+        state = {"brackets": [[[m, r] for m, r in b._rungs] for b in self._brackets],
+                 "stopped": sorted(self._stopped)}
         tmp = self._state_path + ".tmp"
         with open(tmp, "w") as handle:
             json.dump(state, handle)
@@ -121,9 +125,11 @@ class PersistentASHA(ASHAScheduler):
         self._load()
         if trial.trial_id not in self._trial_info:  # a trial restored mid-run
             self._trial_info[trial.trial_id] = self._brackets[0]
-        if result.get("diverged"):
+        if result.get("diverged") or trial.trial_id in self._stopped:
             return self.STOP
         action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP:
+            self._stopped.add(trial.trial_id)
         self._save()
         return action
 

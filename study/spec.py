@@ -34,7 +34,7 @@ DEFAULT_FIXED = {"eval_every": 100, "ramp_up": 200, "bank_lead": 100}
 class StudySpec:
     name: str
     space: str = "default"
-    samples: int = 16
+    samples: int = 12
     max_iters: int = 900
     grace: int = 300
     reduction: float = 3.0
@@ -46,6 +46,8 @@ class StudySpec:
     concurrency: int = 0          # 0: as many trials as the cluster's CPUs (or GPUs) allow
     storage: str | None = None    # an Optuna storage URL; None: SQLite in the study folder
     seed: int = 0
+    time_budget: float = 0.0      # seconds of wall time after which the study stops; 0: none
+    study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "StudySpec":
@@ -62,6 +64,7 @@ class StudySpec:
             (self.cpus_per_trial > 0, f"--cpus-per-trial {self.cpus_per_trial}: must be above 0"),
             (self.gpus_per_trial >= 0, f"--gpus-per-trial {self.gpus_per_trial}: must be 0 or more"),
             (self.concurrency >= 0, f"--concurrency {self.concurrency}: must be 0 (auto) or more"),
+            (self.time_budget >= 0, f"--time-budget {self.time_budget}: must be 0 (none) or more seconds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -85,7 +88,8 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySpec":
-        return cls(**values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def grace_after_ramp_up(grace: int, cfg: TrainConfig) -> tuple[int, str | None]:

@@ -33,7 +33,17 @@ def report_metrics(evaluation: Evaluation, cfg: TrainConfig) -> dict[str, Any]:
     metrics["val_miou"] = metrics.pop("miou")
     metrics["max_iterations"] = cfg.iterations
     metrics["diverged"] = ""
+    metrics.update(_placement())
     return metrics
+
+
+def _placement() -> dict[str, Any]:
+    """Where the trial runs: the Ray node (IP and id, as several nodes may share an IP) and its GPUs."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node": f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}",
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
 
 def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
@@ -56,7 +66,8 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
         # Retrying a diverged config gives the same NaN: end the trial with its reason instead.
         evaluation = trainer.evaluation("val")
         metrics = report_metrics(evaluation, cfg)
-        metrics.update(val_miou=0.0, diverged=str(err), iteration=max(trainer.iteration, 1))
+        # A key of its own (the next iteration) and no score: it never reached an evaluation.
+        metrics.update(val_miou=float("nan"), diverged=str(err), iteration=trainer.iteration + 1)
         tune.report(metrics)
 
 

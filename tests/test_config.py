@@ -27,7 +27,8 @@ def test_defaults_are_the_papers():
     ({"batch_unlabeled": 7}, ["batch_unlabeled", "even"]),
     ({"digits_min": 4, "digits_max": 2}, ["digits_min", "digits_max"]),
     ({"device": "tpu"}, ["device", "'tpu'"]),
-    ({"dataset": "voc"}, ["data_root"]),
+    ({"dataset": "voc", "pretrained": "none"}, ["data_root"]),
+    ({"dataset": "voc", "data_root": "/data"}, ["pretrained", "PATH"]),
     ({"aspp_dilations": [6, 0]}, ["aspp_dilations"]),
 ])
 def test_validation_names_field_value_and_range(changes, words):

@@ -78,3 +78,13 @@ def test_state_dict_round_trip():
     other.load_state_dict(bank.state_dict())
     for c in range(3):
         assert torch.equal(bank.ordered(c), other.ordered(c))
+
+
+def test_newest_slots_per_class():
+    bank = ClassMemoryBank(num_classes=2, capacity=4, dim=DIM)
+    for step in range(3):
+        bank.add(_vectors([10 * step + 1, 10 * step + 2]), torch.tensor([1, 1]), torch.tensor([0, 1]),
+                 scores=torch.tensor([0.0, 1.0]), per_image=5)
+    vectors, valid = bank.newest(3)
+    assert valid.tolist() == [[False] * 3, [True] * 3]
+    assert _ids(vectors[1]) == _ids(bank.ordered(1))[:3]

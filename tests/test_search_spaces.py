@@ -118,7 +118,7 @@ def test_check_keys_with_base_overrides() -> None:
     with pytest.raises(ConfigError, match="search space 'default': base: unknown TrainConfig key 'bank_sise'"):
         space.check_keys(base={"bank_sise": 64})
     with pytest.raises(ConfigError, match="fixed and base: dataset = 'voc' needs data_root"):
-        space.check_keys(base={"dataset": "voc"})
+        space.check_keys(base={"dataset": "voc", "pretrained": "none"})
 
 
 def test_paper_point_must_cover_the_space() -> None:

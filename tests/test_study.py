@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_overrides
 from study.run import run_study
-from study.spec import StudySpec
+from study.spec import StudySpec, read_study_json
 
 TINY = tiny_overrides(iterations=12, eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
 TINY.pop("iterations")
@@ -41,6 +41,12 @@ def _spec(name: str, space: str, **changes) -> StudySpec:
     return StudySpec(**values)
 
 
+def _optuna_study(folder: Path) -> optuna.Study:
+    spec = read_study_json(folder)
+    assert spec.study_id.startswith(spec.name + "-")  # unique in a shared storage
+    return optuna.load_study(study_name=spec.study_id, storage=f"sqlite:///{folder / 'optuna.db'}")
+
+
 def _tune_results(folder: Path) -> set[tuple[str, int, float]]:
     """(trial id, iteration, val mIoU) of every result Tune logged for every trial."""
     rows = set()
@@ -62,7 +68,7 @@ def asha_study(ray_local, tmp_path_factory, space_file):
 def test_asha_stops_trials_and_optuna_records_them_as_pruned(asha_study):
     folder, summary = asha_study
     assert summary["trials"] == 8 and summary["best"] is not None
-    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = _optuna_study(folder)
     states = [t.state for t in study.trials]
     assert len(states) == 8
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -111,3 +117,43 @@ def test_bad_space_file_fails_before_ray_starts(tmp_path):
     assert result.returncode == 2
     assert "bank_sise" in result.stderr and "bank_size" in result.stderr
     assert not (tmp_path / "studies" / "x").exists()
+
+
+def test_resume_after_a_killed_driver_finishes_the_same_trials_without_duplicates(ray_local, tmp_path, space_file):
+    """The driver (a subprocess on the session's Ray) is SIGKILLed mid-study, then resumed here."""
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "studies"
+    address = ray_local.get_runtime_context().gcs_address
+    spec = _spec("resume", space_file, samples=6, max_iters=30, grace=9, reduction=3.0)
+    assignments = [f"{k}={json.dumps(v)}" for k, v in spec.fixed.items()]
+    command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", str(root), "--space", space_file,
+               "--samples", "6", "--max-iters", "30", "--grace", "9", "--reduction", "3", "--concurrency", "2",
+               "--address", address, "--quiet", "--set", *assignments]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reports = root / "resume" / "results" / "reports"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        if reports.is_dir() and len(list(reports.glob("*.parquet"))) >= 6:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the study ended before it could be interrupted: " + driver.stderr.read()[-500:]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+
+    summary = run_study(StudySpec(name="resume"), root, resume=True, progress=False, say=lambda _: None)
+    folder = root / "resume"
+    trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
+    assert summary["trials"] == 6 and len(trials) == 6
+    assert {t["status"] for t in trials} <= {"finished", "stopped"}
+    rows = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
+    keys = [(r["trial_id"], r["iteration"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    for t in trials:  # every evaluation of every trial is there, once
+        mine = sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"])
+        assert mine == list(range(3, t["iterations"] + 1, 3))
+    study = _optuna_study(folder)
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING]
+    assert len(finished) == 6

@@ -111,6 +111,8 @@ class TrainConfig:
                                   "'infonce' (same-class memory against other classes')",
                                   choices=("paper", "infonce"))
     temperature: float = _spec(0.1, "InfoNCE temperature (infonce only)", low=0.0, high=100.0, low_open=True)
+    infonce_memory: int = _spec(256, "newest memory vectors per class that InfoNCE compares with (its cost "
+                                "grows with classes x this)", low=2, high=10**6)
     contrastive_weight_labeled: float = _spec(0.1, "weight of the contrastive loss on labeled pixels",
                                               low=0.0, high=100.0)
     contrastive_weight_unlabeled: float = _spec(0.1, "weight of the contrastive loss on unlabeled pixels",
@@ -140,6 +142,10 @@ class TrainConfig:
                               "of positive integers, e.g. [6, 12, 18, 24]")
         if not _valid_device(self.device):
             raise ConfigError(f"device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.pretrained == "auto" and (self.dataset != "digits" or self.network != "small"):
+            raise ConfigError(f"pretrained = 'auto' means the cached digit classifier, which exists for "
+                              f"dataset 'digits' with network 'small' only (here {self.dataset}, {self.network}): "
+                              "give pretrained=PATH (a torchvision-format ImageNet state dict) or pretrained=none")
         if self.dataset != "digits" and not self.data_root:
             raise ConfigError(f"dataset = {self.dataset!r} needs data_root: the folder that holds it")
         return self

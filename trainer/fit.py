@@ -231,7 +231,9 @@ class Trainer:
     @torch.no_grad()
     def _update_bank(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         logits, features = self._teacher_forward(images)
-        labels_small = _downsample_labels(labels, logits.shape[2:])
+        if logits.shape[2:] != features.shape[2:]:  # DeepLabv3+: logits at stride 4, features at 16
+            logits = F.interpolate(logits, size=features.shape[2:], mode="bilinear", align_corners=False)
+        labels_small = _downsample_labels(labels, features.shape[2:])
         good = bank_candidates(logits, labels_small, self.cfg.confidence_threshold, IGNORE_INDEX)
         if not bool(good.any()):
             return
@@ -255,7 +257,10 @@ class Trainer:
         # detached vectors, so it learns only through the weights it gives.
         w = rescale_to_mean_one(torch.sigmoid(self.student.feature_selectors.score_pixels(z.detach(), classes)),
                                 classes, self.num_classes)
-        bank, filled = self.bank.vectors, self.bank.valid()
+        if self.cfg.contrastive_loss == "infonce":  # every pixel meets every memory vector: cap them
+            bank, filled = self.bank.newest(self.cfg.infonce_memory)
+        else:
+            bank, filled = self.bank.vectors, self.bank.valid()
         if self.cfg.official_memory_weights:
             v = filled.to(z.dtype)
         else:
@@ -344,7 +349,8 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # On the CPU first: RNG states must be CPU tensors; modules and the bank move themselves.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def fit(cfg: TrainConfig, data: SegmentationData | None = None,

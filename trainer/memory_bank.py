@@ -39,6 +39,14 @@ class ClassMemoryBank:
         """Fraction of each class's capacity in use, [C]."""
         return self.count.float() / self.capacity
 
+    def newest(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest min(n, capacity) slots of every class: vectors [C, n, d] and valid [C, n]."""
+        n = min(n, self.capacity)
+        k = torch.arange(n, device=self.count.device)
+        slots = (self.head[:, None] - 1 - k[None, :]) % self.capacity
+        vectors = torch.gather(self.vectors, 1, slots[:, :, None].expand(-1, -1, self.dim))
+        return vectors, k[None, :] < self.count[:, None]
+
     def ordered(self, c: int) -> torch.Tensor:
         """Class c's vectors, newest first."""
         k = torch.arange(int(self.count[c]), device=self.count.device)

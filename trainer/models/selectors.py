@@ -44,7 +44,8 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, groups: torch.Tensor) 
     """Rows of ``x`` (sorted by ``groups``) times their group's matrix: [P,d] x [C,d,k] -> [P,k]."""
     num_groups = weight.shape[0]
     counts = torch.bincount(groups, minlength=num_groups)
-    if x.dtype in _GROUPED_DTYPES and x.shape[1] % 4 == 0 and weight.shape[2] % 4 == 0:
+    grouped_ok = x.dtype in _GROUPED_DTYPES and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
+    if grouped_ok and x.shape[1] % 4 == 0 and weight.shape[2] % 4 == 0:
         # The kernel wants 16-byte-aligned strides: pad the rows to a multiple of 4 with zeros.
         pad = (-len(x)) % 4
         xp = F.pad(x, (0, 0, 0, pad)) if pad else x

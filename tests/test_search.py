@@ -1,0 +1,59 @@
+"""Optuna outcome of a Tune trial, and ASHA rungs that survive a restart (no Ray cluster needed)."""
+
+from types import SimpleNamespace
+
+from optuna.trial import TrialState
+
+from study.search import PersistentASHA, outcome
+from study.spec import StudySpec, grace_after_ramp_up
+from trainer.config import TrainConfig
+
+
+def test_outcome_of_finished_stopped_diverged_and_failed_trials():
+    assert outcome({"val_miou": 0.5, "iteration": 900, "max_iterations": 900}, False) == (TrialState.COMPLETE, 0.5)
+    assert outcome({"val_miou": 0.5, "iteration": 300, "max_iterations": 900}, False)[0] == TrialState.PRUNED
+    assert outcome({"val_miou": 0.0, "iteration": 30, "max_iterations": 900, "diverged": "nan"}, False)[0] == \
+        TrialState.FAIL
+    assert outcome(None, True)[0] == TrialState.FAIL
+
+
+def _result(iteration: int, miou: float) -> dict:
+    return {"iteration": iteration, "val_miou": miou, "max_iterations": 90}
+
+
+def test_asha_rungs_survive_a_restart(tmp_path):
+    path = tmp_path / "rungs.json"
+    first = PersistentASHA(path, max_t=90, grace_period=10, reduction_factor=3)
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for trial, miou in zip(trials[:3], (0.5, 0.6, 0.7)):
+        first.on_trial_add(None, trial)
+        assert first.on_trial_result(None, trial, _result(10, miou)) == "CONTINUE"
+    assert path.is_file()
+
+    # A fresh scheduler (the resumed driver) judges a new trial against the same rung.
+    resumed = PersistentASHA(path, max_t=90, grace_period=10, reduction_factor=3)
+    resumed.on_trial_add(None, trials[3])
+    assert resumed.rungs()[0][1] == {"t0": 0.5, "t1": 0.6, "t2": 0.7}
+    assert resumed.on_trial_result(None, trials[3], _result(10, 0.55)) == "STOP"
+    forgetful = PersistentASHA(tmp_path / "other.json", max_t=90, grace_period=10, reduction_factor=3)
+    forgetful.on_trial_add(None, trials[3])
+    assert forgetful.on_trial_result(None, trials[3], _result(10, 0.55)) == "CONTINUE"
+
+
+def test_grace_before_the_ramp_up_is_moved_and_said():
+    cfg = TrainConfig.from_dict({"ramp_up": 200, "eval_every": 100, "iterations": 900})
+    assert grace_after_ramp_up(300, cfg) == (300, None)
+    grace, note = grace_after_ramp_up(100, cfg)
+    assert grace == 300 and "moved from 100 to 300" in note
+    no_contrastive = cfg.replace(contrastive_weight_labeled=0.0, contrastive_weight_unlabeled=0.0)
+    assert grace_after_ramp_up(100, no_contrastive) == (100, None)
+
+
+def test_study_name_with_a_path_separator_is_refused():
+    import pytest
+
+    from trainer.config import ConfigError
+
+    for name in ("../x", "a/b", "", ".hidden"):
+        with pytest.raises(ConfigError, match="study name"):
+            StudySpec(name=name).validate()
