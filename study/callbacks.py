@@ -92,6 +92,12 @@ class StoreCallback(Callback):
         self._show()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Trials that Tune ended without a completion event (the time budget ran out) stop here.
+        ended = [row for row in self._trials.values() if row.get("status") == "running"]
+        for row in ended:
+            row.update(status="stopped", stop_reason="the study ended (time budget)", ended=_now())
+        if ended:
+            self._write_trials()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
