@@ -95,7 +95,9 @@ class StoreCallback(Callback):
         # Trials that Tune ended without a completion event (the time budget ran out) stop here.
         ended = [row for row in self._trials.values() if row.get("status") == "running"]
         for row in ended:
-            row.update(status="stopped", stop_reason="the study ended (time budget)", ended=_now())
+            row.update(status="stopped", ended=_now(),
+                       stop_reason="ended without a result from Ray Tune: the time budget ran out, or the "
+                                   "driver died before Tune saved this trial (its place was sampled again)")
         if ended:
             self._write_trials()
         if self._bar is not None:

@@ -73,6 +73,16 @@ class StudySearcher(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then fail the Optuna trials asked for after the snapshot (the driver died):
+        left RUNNING, constant liar would count them as running forever."""
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+
 def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
     """How a finished Tune trial is recorded in Optuna."""
     if error or (result and result.get("diverged")):

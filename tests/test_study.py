@@ -145,9 +145,13 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_without_duplicate
 
     summary = run_study(StudySpec(name="resume"), root, resume=True, progress=False, say=lambda _: None)
     folder = root / "resume"
-    trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
-    assert summary["trials"] == 6 and len(trials) == 6
-    assert {t["status"] for t in trials} <= {"finished", "stopped"}
+    all_trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
+    # A trial started in the last second before the kill may be unknown to Tune's snapshot:
+    # it is recorded as lost and its place sampled again.
+    lost = [t for t in all_trials if "driver died" in (t["stop_reason"] or "")]
+    trials = [t for t in all_trials if t not in lost]
+    assert len(trials) == 6 and len(lost) <= 1
+    assert {t["status"] for t in all_trials} <= {"finished", "stopped"}
     rows = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
     keys = [(r["trial_id"], r["iteration"]) for r in rows]
     assert len(keys) == len(set(keys))
@@ -155,5 +159,6 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_without_duplicate
         mine = sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"])
         assert mine == list(range(3, t["iterations"] + 1, 3))
     study = _optuna_study(folder)
-    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING]
-    assert len(finished) == 6
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 6
