@@ -65,12 +65,16 @@ class StoreCallback(Callback):
                                                   float(result.get("time_total_s", 0.0)))])
         row = self._trial_row(trial)
         row["node"] = node
-        row["iterations"] = int(result["iteration"])
-        row["wall_seconds"] = float(result.get("time_total_s", 0.0))
+        # A resumed trial replays from its checkpoint: never move its progress backwards.
+        latest = int(result["iteration"]) >= (row.get("iterations") or 0)
+        if latest:
+            row["iterations"] = int(result["iteration"])
+            row["wall_seconds"] = float(result.get("time_total_s", 0.0))
         if result.get("diverged"):
             row.update(status="errored", stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
         else:
-            row["last_val_miou"] = float(result["val_miou"])
+            if latest:
+                row["last_val_miou"] = float(result["val_miou"])
             row["best_val_miou"] = max(float(result["val_miou"]), row.get("best_val_miou") or float("-inf"))
         self._write_trials()
         self._show()

@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop the study after this many seconds of wall time (0: none)")
     run.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                      help="TrainConfig values fixed for every trial, e.g. --set dataset=voc data_root=/data")
+    run.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints,
+                     help="checkpoints kept per trial (0: all); more makes a killed driver safer to resume")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -102,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
                      reduction=args.reduction, searcher=args.searcher, scheduler=args.scheduler,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      concurrency=args.concurrency, storage=args.storage, seed=args.seed,
-                     time_budget=args.time_budget, fixed=fixed)
+                     time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed)
     print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
     result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))

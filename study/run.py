@@ -185,8 +185,8 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
                                     time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
-            # Two, not one: Tune's snapshot may still name the previous checkpoint when a driver dies.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # More than one: Tune's snapshot may still name an older checkpoint when a driver dies.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),
     )
 

@@ -47,6 +47,7 @@ class StudySpec:
     storage: str | None = None    # an Optuna storage URL; None: SQLite in the study folder
     seed: int = 0
     time_budget: float = 0.0      # seconds of wall time after which the study stops; 0: none
+    keep_checkpoints: int = 2     # per trial; 0 keeps all (see README, "When things go wrong")
     study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +65,7 @@ class StudySpec:
             (self.cpus_per_trial > 0, f"--cpus-per-trial {self.cpus_per_trial}: must be above 0"),
             (self.gpus_per_trial >= 0, f"--gpus-per-trial {self.gpus_per_trial}: must be 0 or more"),
             (self.concurrency >= 0, f"--concurrency {self.concurrency}: must be 0 (auto) or more"),
+            (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be 0 (all) or more"),
             (self.time_budget >= 0, f"--time-budget {self.time_budget}: must be 0 (none) or more seconds"),
         ]
         for ok, message in checks:

@@ -131,7 +131,7 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_without_duplicate
     assignments = [f"{k}={json.dumps(v)}" for k, v in spec.fixed.items()]
     command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", str(root), "--space", space_file,
                "--samples", "6", "--max-iters", "30", "--grace", "9", "--reduction", "3", "--concurrency", "2",
-               "--address", address, "--quiet", "--set", *assignments]
+               "--address", address, "--quiet", "--keep-checkpoints", "0", "--set", *assignments]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     reports = root / "resume" / "results" / "reports"
     deadline = time.monotonic() + 120
