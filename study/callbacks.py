@@ -30,6 +30,7 @@ class StoreCallback(Callback):
         self._store: ResultStore | None = None
         self._bar: Any = None
         self._trials: dict[str, dict[str, Any]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
 
     # Tune pickles callbacks with the experiment: leave the open bar and store behind.
     def __getstate__(self) -> dict[str, Any]:
@@ -110,7 +111,10 @@ class StoreCallback(Callback):
 
     # --- helpers --------------------------------------------------------------------------
     def _config(self, trial: Any) -> dict[str, Any]:
-        return TrainConfig.from_dict({**self.fixed, **trial.config}).to_dict()
+        """The trial's whole TrainConfig, built and validated once per trial."""
+        if trial.trial_id not in self._configs:
+            self._configs[trial.trial_id] = TrainConfig.from_dict({**self.fixed, **trial.config}).to_dict()
+        return self._configs[trial.trial_id]
 
     def _trial_row(self, trial: Any) -> dict[str, Any]:
         _ = self.store  # loads rows of a resumed study first

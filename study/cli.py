@@ -117,15 +117,13 @@ def _run(args: argparse.Namespace) -> int:
           f"({best['status']}, {best['iterations']} iterations)")
     from search_spaces import get_space
 
-    searched = _searched_keys(get_space(spec.space), result["best_config"])
-    print("best config: " + json.dumps({k: result["best_config"][k] for k in searched}, sort_keys=True))
+    import optuna
+
+    # Replaying the space on the best config yields exactly the values it sampled (its branch only).
+    searched = get_space(spec.space).suggest(optuna.trial.FixedTrial(result["best_config"]))
+    print("best config: " + json.dumps(searched, sort_keys=True))
     print(f"results: {args.dir / name / 'results'}")
     return 0
-
-
-def _searched_keys(space, config: dict) -> list[str]:  # noqa: ANN001
-    keys = set(space.paper_point)
-    return sorted(k for k in config if k in keys or k in ("temperature",) and config.get("contrastive_loss") == "infonce")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -190,18 +188,16 @@ def _train(args: argparse.Namespace) -> int:
         trainer.load(args.resume)
     metrics_path = out / "metrics.jsonl"
     with metrics_path.open("a") as metrics:
-        while trainer.iteration < cfg.iterations:
-            trainer.train_step()
-            progress("train", trainer.iteration, cfg.iterations)
-            if trainer.iteration % cfg.eval_every == 0 or trainer.iteration == cfg.iterations:
-                evaluation = trainer.evaluation("val")
-                trainer.save(out / "checkpoint.pt")
-                metrics.write(json.dumps(evaluation.as_dict()) + "\n")
-                metrics.flush()
-                bars["train"].write(
-                    f"iter {evaluation.iteration:>6}/{cfg.iterations}  val mIoU {100 * evaluation.miou:5.1f}  "
-                    f"loss {evaluation.losses['total']:.3f}  bank {100 * sum(evaluation.bank_fill) / len(evaluation.bank_fill):3.0f}%  "
-                    f"{evaluation.images_per_second:6.1f} img/s")
+        def record(evaluation, trainer) -> None:  # noqa: ANN001 - Trainer.run's callback
+            trainer.save(out / "checkpoint.pt")
+            metrics.write(json.dumps(evaluation.as_dict()) + "\n")
+            metrics.flush()
+            bars["train"].write(
+                f"iter {evaluation.iteration:>6}/{cfg.iterations}  val mIoU {100 * evaluation.miou:5.1f}  "
+                f"loss {evaluation.losses['total']:.3f}  bank {100 * sum(evaluation.bank_fill) / len(evaluation.bank_fill):3.0f}%  "
+                f"{evaluation.images_per_second:6.1f} img/s")
+
+        trainer.run(record, progress)
         if "train" in bars:
             bars["train"].close()
         val_miou, _ = trainer.evaluate("val")

@@ -434,6 +434,9 @@ class ResultStore:
         self.reports_dir = self.study_dir / "results" / "reports"
         self.trials_dir = self.study_dir / "results" / "trials"
         self._keys: set[tuple[str, int]] | None = None  # loaded from the parts on first need
+        # The trials table as last written: the driver rewrites it on every report, and reading
+        # the file back each time to merge would double that I/O (one writer per folder).
+        self._trial_rows: dict[str, dict[str, Any]] | None = None
         self._schema: pa.Schema | None = None          # unified schema of the parts, to refuse conflicts early
 
     # --- reports ----------------------------------------------------------------------
@@ -510,7 +513,9 @@ class ResultStore:
     # --- trials -----------------------------------------------------------------------
     def write_trials(self, rows: list[dict[str, Any]]) -> None:
         """Replace the rows of these trials (by trial_id), keep the other trials, rewrite the file."""
-        merged: dict[str, dict[str, Any]] = {row["trial_id"]: row for row in self.trials().to_pylist()}
+        if self._trial_rows is None:
+            self._trial_rows = {row["trial_id"]: row for row in self.trials().to_pylist()}
+        merged = dict(self._trial_rows)
         for row in rows:
             row = dict(row)
             if not isinstance(row.get("trial_id"), str) or not row["trial_id"]:
@@ -525,6 +530,7 @@ class ResultStore:
         table = _table(list(merged.values()), TRIAL_FIELDS, "trials", self.study)
         self.trials_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(table, self.trials_dir / TRIALS_FILE)
+        self._trial_rows = merged  # only once the file holds them
 
     def trials(self) -> pa.Table:
         """One row per trial (empty, with the fixed columns, before the first write)."""

@@ -54,14 +54,13 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(os.path.join(folder, CHECKPOINT_FILE))
+    def report(evaluation: Evaluation, trainer: Trainer) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(os.path.join(folder, CHECKPOINT_FILE))
+            tune.report(report_metrics(evaluation, cfg), checkpoint=tune.Checkpoint.from_directory(folder))
+
     try:
-        while trainer.iteration < cfg.iterations:
-            trainer.train_step()
-            if trainer.iteration % cfg.eval_every == 0 or trainer.iteration == cfg.iterations:
-                evaluation = trainer.evaluation("val")
-                with tempfile.TemporaryDirectory() as folder:
-                    trainer.save(os.path.join(folder, CHECKPOINT_FILE))
-                    tune.report(report_metrics(evaluation, cfg), checkpoint=tune.Checkpoint.from_directory(folder))
+        trainer.run(report)
     except DivergedError as err:
         # Retrying a diverged config gives the same NaN: end the trial with its reason instead.
         evaluation = trainer.evaluation("val")
@@ -69,9 +68,4 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
         # A key of its own (the next iteration) and no score: it never reached an evaluation.
         metrics.update(val_miou=float("nan"), diverged=str(err), iteration=trainer.iteration + 1)
         tune.report(metrics)
-
-
-def trial_threads(cpus_per_trial: float) -> int:
-    """Torch threads for a trial: its CPU share and no more (oversubscription is slower)."""
-    return max(1, int(cpus_per_trial))
 

@@ -270,6 +270,21 @@ class Trainer:
             return losses.contrastive_infonce(z, classes, w, bank, filled, v, self.cfg.temperature)
         return losses.contrastive_paper(z, classes, w, bank, filled, v)
 
+    def run(self, on_evaluation: Callable[[Evaluation, "Trainer"], None] | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> Evaluation | None:
+        """Train to ``cfg.iterations``, evaluating on val every ``eval_every`` iterations and at
+        the end; return the last evaluation (None if there was nothing left to train)."""
+        cfg, last = self.cfg, None
+        while self.iteration < cfg.iterations:
+            self.train_step()
+            if progress is not None:
+                progress("train", self.iteration, cfg.iterations)
+            if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                last = self.evaluation("val")
+                if on_evaluation is not None:
+                    on_evaluation(last, self)
+        return last
+
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str = "val", model: str | None = None, batch: int = 64) -> tuple[float, list[float]]:
@@ -366,18 +381,8 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None,
     trainer = Trainer(cfg, data, progress)
     if resume_from is not None:
         trainer.load(resume_from)
-    last = None
-    while trainer.iteration < cfg.iterations:
-        trainer.train_step()
-        if progress is not None:
-            progress("train", trainer.iteration, cfg.iterations)
-        if trainer.iteration % cfg.eval_every == 0 or trainer.iteration == cfg.iterations:
-            last = trainer.evaluation("val")
-            if on_evaluation is not None:
-                on_evaluation(last, trainer)
-    if last is None:  # resumed at the very end
-        last = trainer.evaluation("val")
-    return last
+    last = trainer.run(on_evaluation, progress)
+    return last if last is not None else trainer.evaluation("val")  # resumed at the very end
 
 
 # --- small helpers ------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def contrastive_infonce(z: torch.Tensor, classes: torch.Tensor, w: torch.Tensor,
     """
     num_classes = bank.shape[0]
     z_hat = F.normalize(z, dim=1)
-    m_hat = F.normalize(bank, dim=2)
+    m_hat = bank  # unit vectors already (ClassMemoryBank stores them so)
     v = v * valid
     memory_sum = _weighted_unit_sum(bank, v)
     memory_weight = v.sum(dim=1).clamp_min(1e-12)
