@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 
-.PHONY: study test install
+.PHONY: study test install browser
 
 $(BIN)/semiseg-study: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ install: $(BIN)/semiseg-study
 
 study: install
 	$(BIN)/semiseg-study run --name main --replace
+	$(BIN)/semiseg-study report main
 
-test: install
+# The report's browser test drives Debian's headless Chromium (root, or passwordless sudo, installs it).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver \
+	  || echo "could not install chromium: the browser test will be skipped (failed on CI)"; }
+
+test: install browser
 	$(BIN)/python -m pytest -q

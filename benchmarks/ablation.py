@@ -19,17 +19,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-OFF = {"pseudo_label_weight": 0.0, "entropy_weight": 0.0,
-       "contrastive_weight_labeled": 0.0, "contrastive_weight_unlabeled": 0.0}
+from trainer.presets import SUPERVISED_ONLY
+
 NO_CONTRASTIVE = {"contrastive_weight_labeled": 0.0, "contrastive_weight_unlabeled": 0.0}
 
 VARIANTS: dict[str, dict] = {
-    "supervised only": {**OFF, "class_balance": "off"},
+    "supervised only": SUPERVISED_ONLY,
     "+ self-training (teacher, ClassMix, pseudo-labels)": {**NO_CONTRASTIVE, "class_balance": "off"},
     "+ contrastive memory bank (the paper's full method)": {"class_balance": "off"},
     "self-training, class-balanced pseudo-labels": {**NO_CONTRASTIVE},
     "+ contrastive, class-balanced pseudo-labels (digits preset)": {},
-    "upper bound: supervised, every scene labeled": {**OFF, "class_balance": "off", "labeled_fraction": 1.0},
+    "upper bound: supervised, every scene labeled": {**SUPERVISED_ONLY, "labeled_fraction": 1.0},
 }
 
 

@@ -64,12 +64,24 @@ class SearchSpace:
         self._check_keys_of("fixed", self.fixed)
         self._check_keys_of("base", base)
         self._check_config("fixed" if not base else "fixed and base", base, {})
-        with _quiet_optuna():
+        with quiet_optuna():
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
             for _ in range(samples):
                 self._check_config("sampled trial", base, self._run(study.ask(), "sampled trial"))
         if self.paper_point:
             self._check_paper_point(base)
+
+    def replay(self, values: Mapping[str, Any]) -> dict[str, tuple[Any, BaseDistribution]]:
+        """The params a config's values were sampled as, with their distributions.
+
+        ``values`` is a trial's config (extra keys are ignored); replaying ``suggest`` on it
+        walks the branch that trial took, so a conditional param appears only where sampled.
+        """
+        trial = optuna.trial.FixedTrial(dict(values))
+        with warnings.catch_warnings():  # a value outside today's range is still what was run
+            warnings.simplefilter("ignore")
+            self._run(trial, "replayed config")
+        return {name: (trial.params[name], dist) for name, dist in trial.distributions.items()}
 
     # ------------------------------------------------------------------------------------
     def _error(self, message: str) -> ConfigError:
@@ -138,7 +150,7 @@ def _contains(dist: BaseDistribution, value: Any) -> bool:
 
 
 @contextmanager
-def _quiet_optuna() -> Iterator[None]:
+def quiet_optuna() -> Iterator[None]:
     """Hide Optuna's "A new study created in memory" line for the check's throwaway study."""
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

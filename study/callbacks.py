@@ -9,12 +9,14 @@ iteration) it holds already, so a resumed driver never writes a row twice.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from search_spaces import SearchSpace
 from study.store import ResultStore, flatten_report
 from trainer.config import TrainConfig
 
@@ -23,7 +25,9 @@ STATUSES = ("running", "finished", "stopped", "errored")
 
 class StoreCallback(Callback):
     def __init__(self, folder: Path, study: str, fixed: dict[str, Any], samples: int,
-                 show_progress: bool = True, stop_reason: str = "asha: below the rung's cutoff") -> None:
+                 show_progress: bool = True, stop_reason: str = "asha: below the rung's cutoff",
+                 space: SearchSpace | None = None) -> None:
+        self.space = space
         self.stop_reason = stop_reason
         self.folder, self.study, self.fixed, self.samples = Path(folder), study, dict(fixed), samples
         self.show_progress = show_progress
@@ -120,6 +124,8 @@ class StoreCallback(Callback):
         _ = self.store  # loads rows of a resumed study first
         row = self._trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "study": self.study})
         row.update({f"config.{k}": v for k, v in self._config(trial).items()})
+        if row.get("params") is None and self.space is not None:
+            row.update(searched_params(self.space, trial.config))
         return row
 
     def _write_trials(self) -> None:
@@ -145,6 +151,20 @@ class StoreCallback(Callback):
         self._bar.set_postfix_str(f"running {counts['running']}, finished {counts['finished']}, "
                                   f"stopped early {counts['stopped']}, errored {counts['errored']}, "
                                   f"best val mIoU {100 * best:.1f}")
+
+
+def searched_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, str]:
+    """The ``params`` and ``distributions`` columns of a trial: what Optuna sampled, and from what.
+
+    Stored with the trial so that the report can rebuild an Optuna study (importance,
+    slices) from the Parquet alone, on a machine that has neither the space file nor Ray.
+    """
+    from optuna.distributions import distribution_to_json
+
+    replayed = space.replay(config)
+    return {"params": json.dumps({name: value for name, (value, _) in replayed.items()}),
+            "distributions": json.dumps({name: json.loads(distribution_to_json(dist))
+                                         for name, (_, dist) in replayed.items()})}
 
 
 def _now() -> dt.datetime:

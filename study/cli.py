@@ -7,11 +7,13 @@ exit code: 2 for bad input (config, arguments), 1 for a run that failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
@@ -85,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="TrainConfig values fixed for every trial, e.g. --set dataset=voc data_root=/data")
     run.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints,
                      help="checkpoints kept per trial (0: all); more makes a killed driver safer to resume")
+    run.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
+                     help="rewrite DIR/NAME/report.html this often while the study runs (0: only at the end)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -92,7 +96,91 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--dir", type=Path, default=Path("studies"))
     status.set_defaults(handler=_status)
+
+    report = commands.add_parser("report", help="the study's dashboard: one self-contained HTML page",
+                                 description="Plotly figures of the sweep, built from the study's Parquet alone "
+                                             "(a study folder copied off a cluster reports anywhere).")
+    report.add_argument("name")
+    report.add_argument("--dir", type=Path, default=Path("studies"))
+    report.add_argument("-o", "--out", type=Path, help="output file (default: DIR/NAME/report.html)")
+    report.add_argument("--compare", nargs="+", default=[], metavar="NAME2",
+                        help="studies (in --dir) to put side by side with NAME, e.g. a random+FIFO baseline")
+    report.add_argument("--watch", action="store_true",
+                        help="rewrite the page every --every seconds until the study has ended (Ctrl-C stops)")
+    report.add_argument("--every", type=float, default=30.0, help="seconds between rewrites with --watch")
+    report.set_defaults(handler=_report)
+
+    retrain = commands.add_parser("retrain", help="retrain the top configs, the paper point and supervised-only "
+                                                  "on fresh seeds; score on the test split",
+                                  description="Runs on Ray with the study's resources per trial; results go to "
+                                              "DIR/NAME/retrain/ (Parquet); a second call resumes.")
+    retrain.add_argument("name")
+    retrain.add_argument("--dir", type=Path, default=Path("studies"))
+    retrain.add_argument("--top", type=int, default=3, help="how many of the study's best configs")
+    retrain.add_argument("--seeds", type=int, default=3, help="seeds per config (the same seeds for all)")
+    retrain.add_argument("--iterations", type=int, help="training iterations (default: each config's full budget)")
+    retrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    retrain.set_defaults(handler=_retrain)
+
+    export = commands.add_parser("export", help="a trial's config as a TrainConfig JSON for `train --config`")
+    export.add_argument("name")
+    export.add_argument("--dir", type=Path, default=Path("studies"))
+    export.add_argument("--rank", type=int, default=1, help="1 = the best trial (finished trials rank first)")
+    export.add_argument("-o", "--out", type=Path, required=True, help="the JSON file to write")
+    export.set_defaults(handler=_export)
     return parser
+
+
+def _study_folder(root: Path, name: str) -> Path:
+    folder = root / name
+    if not (folder / "study.json").is_file():
+        raise ConfigError(f"no study {name!r} in {root} (no {folder / 'study.json'}); "
+                          f"list them with `ls {root}` or pass --dir")
+    return folder
+
+
+def _report(args: argparse.Namespace) -> int:
+    from study.report import watch, write_report
+    from study.spec import read_study_json
+    from study.store import ResultStore
+
+    folder = _study_folder(args.dir, args.name)
+    others = [_study_folder(args.dir, name) for name in args.compare]
+    out = args.out or folder / "report.html"
+    if not args.watch:
+        print(f"report: {write_report(folder, out, others)}")
+        return 0
+    if args.every <= 0:
+        raise ConfigError(f"--every {args.every}: give a positive number of seconds")
+    samples = read_study_json(folder).samples
+
+    def running() -> bool:
+        statuses = ResultStore(folder, args.name).trials().column("status").to_pylist()
+        return len(statuses) < samples or "running" in statuses
+
+    print(f"writing {out} every {args.every:g} s until the study ends (Ctrl-C stops)")
+    watch(folder, out, args.every, others, is_running=running)
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from study.retrain import retrain, table_text
+
+    folder = _study_folder(args.dir, args.name)
+    rows = retrain(folder, top=args.top, seeds=args.seeds, iterations=args.iterations, progress=not args.quiet)
+    print(table_text(rows))
+    print(f"results: {folder / 'retrain'} (the report shows them: `semiseg-study report {args.name}`)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from study.ranking import export_config
+
+    row, cfg = export_config(_study_folder(args.dir, args.name), args.rank, args.out)
+    print(f"trial {row['trial_id']} (rank {args.rank}, {row['status']} at {row['iterations']} iterations, "
+          f"best val mIoU {100 * row['best_val_miou']:.1f}, seed {cfg.seed}) -> {args.out}")
+    print(f"train it again with: semiseg-study train --config {args.out}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -106,7 +194,8 @@ def _run(args: argparse.Namespace) -> int:
                      concurrency=args.concurrency, storage=args.storage, seed=args.seed,
                      time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed)
     print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
-    result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
+    with _live_report(args.dir / name, args.report_every):
+        result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
     print(f"{result['trials']} trials: {counts}")
     if result["best"] is None:
@@ -124,6 +213,28 @@ def _run(args: argparse.Namespace) -> int:
     print("best config: " + json.dumps(searched, sort_keys=True))
     print(f"results: {args.dir / name / 'results'}")
     return 0
+
+
+@contextlib.contextmanager
+def _live_report(folder: Path, every: float) -> Iterator[None]:
+    """With ``--report-every``, a thread rewrites the study's report while the study runs."""
+    if every <= 0:
+        yield
+        return
+    from study.report import watch
+
+    done = threading.Event()
+    thread = threading.Thread(target=watch, args=(folder, folder / "report.html", every),
+                              kwargs={"is_running": lambda: not done.is_set(), "say": lambda _: None,
+                                      "sleep": done.wait}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        if (folder / "report.html").is_file():
+            print(f"report: {folder / 'report.html'}")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -177,7 +177,8 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
     else:
         scheduler = FIFOScheduler()
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
-    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress, stop_reason=reason)
+    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress, stop_reason=reason,
+                             space=space)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,
@@ -192,15 +193,16 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
 
 
 def summary(store: "Any") -> dict[str, Any]:
-    """The best trial by its best val mIoU, read back from Parquet."""
+    """The best trial (rank 1 of ``study.ranking``), read back from Parquet."""
+    from study.ranking import ranked_trials
+
     trials = store.trials().to_pylist()
-    done = [t for t in trials if t.get("best_val_miou") is not None and t["status"] != "errored"]
-    if not done:
-        return {"trials": len(trials), "best": None}
-    best = max(done, key=lambda t: t["best_val_miou"])
-    config = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
     counts: dict[str, int] = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
+    ranked = ranked_trials(trials)
+    if not ranked:
+        return {"trials": len(trials), "counts": counts, "best": None}
+    best = ranked[0]
+    config = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
     return {"trials": len(trials), "counts": counts, "best": best, "best_config": config}
-

@@ -64,6 +64,9 @@ error                       string, nullable    the error of an errored trial
 node                        string              hostname or Ray node IP of the trial
 started                     timestamp[ms, UTC]  when it started (nullable)
 ended                       timestamp[ms, UTC]  when it ended (nullable)
+params                      string (JSON)       the values the search space sampled, by param name
+distributions               string (JSON)       each sampled param's Optuna distribution, as
+                                                ``optuna.distributions.distribution_to_json``
 config.<field>              bool, int64,        the trial's TrainConfig, one column per field
                             float64 or string   (lists as JSON strings)
 ==========================  ==================  ==================================================
@@ -94,7 +97,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the trials table gained params and distributions
 VERSION_KEY = b"semiseg_schema_version"
 TABLE_KEY = b"semiseg_table"  # which of the two tables a file holds, so a misplaced file is caught
 CONFIG_PREFIX = "config."
@@ -138,7 +141,26 @@ TRIAL_FIELDS = pa.schema([
     ("node", pa.string()),
     ("started", _TIMESTAMP),
     ("ended", _TIMESTAMP),
+    ("params", pa.string()),
+    ("distributions", pa.string()),
 ])
+
+RETRAIN_FIELDS = pa.schema([
+    ("schema_version", pa.int16()),
+    ("study", pa.string()),
+    ("candidate", pa.string()),
+    ("source", pa.string()),
+    ("rank", pa.int64()),
+    ("seed", pa.int64()),
+    ("iterations", pa.int64()),
+    ("test_miou", pa.float64()),
+    ("val_miou", pa.float64()),
+    ("test_iou", pa.list_(pa.float64())),
+    ("train_seconds", pa.float64()),
+    ("node", pa.string()),
+    ("timestamp", _TIMESTAMP),
+])
+RETRAIN_KEY = ["candidate", "seed", "iterations"]
 
 
 class StoreError(ValueError):
@@ -255,9 +277,10 @@ def _table(rows: list[dict[str, Any]], fixed: pa.Schema, kind: str, study: str) 
     """Rows as a table of the fixed schema plus the config columns the rows hold."""
     config_columns: dict[str, None] = {}  # insertion-ordered: TrainConfig's field order, not sorted
     for row in rows:
-        trial = row.get("trial_id")
+        name = "trial_id" if "trial_id" in fixed.names else "candidate"  # what a row is about
+        trial = row.get(name)
         if not isinstance(trial, str) or not trial:
-            raise ValueError(f"{kind} row without a trial_id: {row!r:.200}")
+            raise ValueError(f"{kind} row without a {name}: {row!r:.200}")
         for key in row:
             if key.startswith(CONFIG_PREFIX):
                 config_columns.setdefault(key)
@@ -433,6 +456,7 @@ class ResultStore:
         self.study = study
         self.reports_dir = self.study_dir / "results" / "reports"
         self.trials_dir = self.study_dir / "results" / "trials"
+        self.retrain_dir = self.study_dir / "retrain"
         self._keys: set[tuple[str, int]] | None = None  # loaded from the parts on first need
         # The trials table as last written: the driver rewrites it on every report, and reading
         # the file back each time to merge would double that I/O (one writer per folder).
@@ -537,6 +561,19 @@ class ResultStore:
         paths = _data_files(self.trials_dir)
         tables = [_read_checked(p, TRIAL_FIELDS, "trials") for p in paths]
         return _first_of_each_key(_concat(tables, self.trials_dir, TRIAL_FIELDS, "trials"), ["trial_id"])
+
+    # --- retrain ----------------------------------------------------------------------
+    def append_retrain(self, rows: list[dict[str, Any]]) -> None:
+        """Store finished retrain runs, one part per call (written atomically)."""
+        if rows:
+            self.retrain_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(_table(rows, RETRAIN_FIELDS, "retrain", self.study), self.retrain_dir / _part_name())
+
+    def retrain(self) -> pa.Table:
+        """Every retrain run, once per (candidate, seed, iterations)."""
+        paths = _data_files(self.retrain_dir)
+        tables = [_read_checked(p, RETRAIN_FIELDS, "retrain") for p in paths]
+        return _first_of_each_key(_concat(tables, self.retrain_dir, RETRAIN_FIELDS, "retrain"), RETRAIN_KEY)
 
 
 # --- status -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +41,30 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+REPORT_TINY = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, eval_model="student", contrastive_loss="infonce")
+REPORT_TINY.pop("iterations")
+
+REPORT_SPACE = """
+paper_point: {lr: 0.01, bank_size: 16, temperature: 0.1}
+params:
+  lr: {type: float, low: 0.0001, high: 0.3, log: true}
+  bank_size: {type: int, low: 4, high: 64, log: true}
+  temperature: {type: float, low: 0.03, high: 1.0, log: true}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_study(ray_local, tmp_path_factory) -> Path:
+    """A finished 8-trial study on tiny data (InfoNCE, three searched params), for the report tests."""
+    from study.run import run_study
+    from study.spec import StudySpec
+
+    root = tmp_path_factory.mktemp("studies")
+    space = root / "tiny.yaml"
+    space.write_text(REPORT_SPACE)
+    spec = StudySpec(name="tiny", space=str(space), samples=8, max_iters=12, grace=3, reduction=2.0,
+                     concurrency=2, fixed=dict(REPORT_TINY), seed=0)
+    run_study(spec, root, progress=False, say=lambda _: None)
+    return root / "tiny"

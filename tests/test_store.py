@@ -89,7 +89,7 @@ def test_flatten_report_takes_a_real_evaluation():
 def test_schemas_are_the_fixed_columns_then_the_config():
     schema = reports_schema(CONFIG)
     assert schema.names == REPORT_FIELDS.names + [f"config.{k}" for k in CONFIG]
-    assert schema.metadata[VERSION_KEY] == b"1"
+    assert schema.metadata[VERSION_KEY] == str(SCHEMA_VERSION).encode()
     assert trials_schema({"lr": 0.1}).names == TRIAL_FIELDS.names + ["config.lr"]
 
 
@@ -209,8 +209,8 @@ def test_a_part_of_another_schema_version_or_table_is_an_error(tmp_path):
     (part,) = _parts(tmp_path / "results" / "reports")
     table = pq.read_table(part)
     newer = part.with_name("part-9-newer.parquet")
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: b"2"}), newer)
-    with pytest.raises(StoreError, match="schema version 2"):
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: str(SCHEMA_VERSION + 1).encode()}), newer)
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         ResultStore(tmp_path, "s").reports()
     newer.unlink()
 
@@ -240,7 +240,7 @@ def test_compact_merges_the_parts_into_one_without_changing_the_rows(tmp_path):
     after = ResultStore(tmp_path, "s").reports()
     assert after.drop_columns(["iou"]).equals(before.drop_columns(["iou"]))
     assert str(after.column("iou").to_pylist()) == str(before.column("iou").to_pylist())  # NaN != NaN
-    assert pq.read_metadata(merged).metadata[VERSION_KEY] == b"1"
+    assert pq.read_metadata(merged).metadata[VERSION_KEY] == str(SCHEMA_VERSION).encode()
 
     # A crash between the rename and the removal leaves a part twice: read once, compacted away.
     shutil.copy(merged, merged.with_name("part-0-00000000.parquet"))

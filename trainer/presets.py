@@ -49,3 +49,11 @@ def preset(name: str) -> TrainConfig:
         raise ConfigError(f"dataset = {name!r} has no preset: choose one of {', '.join(PRESETS)}")
     values = {**TrainConfig().to_dict(), **PRESETS[name]}
     return TrainConfig(**values)
+
+
+# Every semi-supervised term off: the baseline a study's gain is measured against
+# (the teacher still exists, but nothing it predicts reaches the loss).
+SUPERVISED_ONLY: dict[str, Any] = {
+    "pseudo_label_weight": 0.0, "entropy_weight": 0.0, "contrastive_weight_labeled": 0.0,
+    "contrastive_weight_unlabeled": 0.0, "class_balance": "off",
+}

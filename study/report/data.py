@@ -1,0 +1,101 @@
+"""A study as the report sees it: its Parquet tables as plain rows, nothing else.
+
+The report reads only ``results/`` (and ``retrain/`` when present), so a study folder
+copied off a cluster can be reported on a laptop without Ray, the space file or the
+Optuna database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import BaseDistribution, json_to_distribution
+
+from study.ranking import NoFinishedTrialError, ranked_trials
+from study.store import ResultStore, StoreError
+
+# Class names of the datasets (the store keeps IoU per class index, in this order).
+CLASS_NAMES: dict[str, list[str]] = {
+    "digits": ["background", *map(str, range(10))],
+    "voc": ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+            "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
+            "tv/monitor"],
+    "cityscapes": ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                   "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                   "motorcycle", "bicycle"],
+}
+CLASS_NAMES["gta5_cityscapes"] = CLASS_NAMES["cityscapes"]
+
+
+def esc(text: Any) -> str:
+    """User text (names, errors, paths) made inert for HTML and for Plotly's HTML-like labels."""
+    return html.escape(str(text), quote=True)
+
+
+@dataclass
+class StudyData:
+    name: str
+    folder: Path
+    trials: list[dict[str, Any]]
+    reports: list[dict[str, Any]]                     # sorted by (trial_id, iteration)
+    params: dict[str, BaseDistribution]               # every param any trial sampled
+    retrain: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ranked(self) -> list[dict[str, Any]]:
+        return ranked_trials(self.trials)
+
+    def reports_of(self, trial_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.reports if r["trial_id"] == trial_id]
+
+    def start(self) -> dt.datetime | None:
+        """When the first trial started: time zero of the timeline and the best-so-far curve."""
+        times = [t["started"] for t in self.trials if t.get("started")] or \
+                [r["timestamp"] - dt.timedelta(seconds=r["time_total_s"] or 0) for r in self.reports]
+        return min(times) if times else None
+
+    def class_names(self) -> list[str]:
+        dataset = self.trials[0].get("config.dataset") if self.trials else None
+        width = max((len(r["iou"] or []) for r in self.reports), default=0)
+        names = CLASS_NAMES.get(str(dataset), [])
+        return names[:width] if len(names) >= width else [f"class {i}" for i in range(width)]
+
+
+def params_of(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(row["params"]) if row.get("params") else {}
+
+
+def load_study(folder: Path, require_scores: bool = True) -> StudyData:
+    """Read a study folder; raise NoFinishedTrialError if no trial has an evaluation yet."""
+    folder = Path(folder)
+    if not (folder / "results").is_dir():
+        raise StoreError(f"{folder} is not a study folder (no results/ in it); give the study's name and "
+                         f"--dir, e.g. `semiseg-study report NAME --dir studies`")
+    store = ResultStore(folder, folder.name)
+    trials = store.trials().to_pylist()
+    if require_scores and not ranked_trials(trials):
+        what = f"{len(trials)} trials, none with an evaluation" if trials else "no trials"
+        raise NoFinishedTrialError(f"study {folder.name!r} has {what}: nothing to report yet; run or resume it "
+                                   f"(`semiseg-study run --resume {folder.name}`) until a trial reports")
+    reports = sorted(store.reports().to_pylist(), key=lambda r: (r["trial_id"], r["iteration"]))
+    params: dict[str, BaseDistribution] = {}
+    for row in trials:
+        for name, dist in json.loads(row.get("distributions") or "{}").items():
+            params.setdefault(name, json_to_distribution(json.dumps(dist)))
+    retrain_dir = folder / "retrain"
+    retrain: list[dict[str, Any]] = []
+    if retrain_dir.is_dir():
+        from study.retrain import read_results
+
+        retrain = read_results(folder)
+    return StudyData(folder.name, folder, trials, reports, params, retrain)
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,106 @@
+"""report.html: every figure on one self-contained page (plotly.js inline, opens offline)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from study.report import compare, sweep, trials
+from study.report.data import StudyData, esc, load_study
+
+# (id, heading, how to read it, builder): the page's figures, in reading order.
+Section = tuple[str, str, str, Callable[[StudyData], go.Figure]]
+SECTIONS: list[Section] = [
+    ("best-so-far", "Best so far", "How quickly the search found good configs.", sweep.best_so_far),
+    ("parallel", "Parallel coordinates", "Drag along an axis to select a range.", sweep.parallel_coordinates),
+    ("slices", "Slices", "One panel per searched param; hover a dot for its trial.", sweep.slices),
+    ("contour", "Bank size x temperature", "Where InfoNCE trials landed.", sweep.bank_temperature_contour),
+    ("importance", "Importance", "Which params explain the score, and how many trials that rests on.",
+     sweep.importance),
+    ("curves", "Learning curves", "Crosses mark trials stopped early.", trials.learning_curves),
+    ("timeline", "Timeline", "Trials over wall time, by node and outcome.", trials.timeline),
+    ("per-class", "Per-class IoU", "What the best trials segment well, and what not.", trials.per_class_iou),
+    ("bank-fill", "Memory bank", "Fill of each class's bank over training.", trials.bank_fill),
+    ("top", "Top trials", "The ranking used by retrain and export.", trials.top_table),
+]
+COMPARE: list[tuple[str, Callable[[list[StudyData]], go.Figure]]] = [
+    ("compare-table", compare.compare_table), ("compare-best", compare.compare_best_so_far),
+    ("compare-trials", compare.compare_trials)]
+
+
+def _div(fig: go.Figure, key: str) -> str:
+    fig.update_layout(template="plotly_white", margin=dict(t=80))
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}",
+                       config={"displaylogo": False, "responsive": True})
+
+
+def render(data: StudyData, others: list[StudyData] = (), refresh: float | None = None,
+           running: bool = False) -> str:
+    """The whole page as a string."""
+    parts: list[str] = []
+    if others:
+        parts.append("<h2>Studies compared</h2>")
+        parts += [_div(build([data, *others]), key) for key, build in COMPARE]
+    for key, heading, hint, build in SECTIONS:
+        parts.append(f"<h2>{esc(heading)}</h2><p class='hint'>{esc(hint)}</p>{_div(build(data), key)}")
+    if data.retrain:
+        from study.retrain import retrain_figures
+
+        parts.append("<h2>Retrained on seeds (test split)</h2>")
+        parts += [_div(fig, f"retrain-{i}") for i, fig in enumerate(retrain_figures(data.retrain))]
+    counts = {s: sum(t.get("status") == s for t in data.trials) for s in ("finished", "stopped", "errored", "running")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    meta = f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">' if refresh and running else ""
+    state = "running; this page reloads itself" if refresh and running else "as stored"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">{meta}
+<title>semiseg-study: {esc(data.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;color:#222}}
+.hint{{color:#666;margin-top:-.6em}} .written{{color:#444}}</style>
+<script type="text/javascript">{get_plotlyjs()}</script></head>
+<body><h1>Study {esc(data.name)}</h1>
+<p class="written" id="written">Written {trials.written_at()} from the Parquet in {esc(data.folder)} ({state}):
+{len(data.trials)} trials, {esc(summary)}.</p>
+{''.join(parts)}
+</body></html>
+"""
+
+
+def write_report(folder: Path, out: Path, compare_with: list[Path] = (), refresh: float | None = None,
+                 running: bool = False) -> Path:
+    """Build the report of the study in ``folder`` and write it atomically to ``out``."""
+    data = load_study(folder)
+    others = [load_study(f) for f in compare_with]
+    page = render(data, others, refresh=refresh, running=running)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)  # a browser reloading mid-write sees the old page or the new one
+    return out
+
+
+def watch(folder: Path, out: Path, every: float, compare_with: list[Path] = (),
+          is_running: Callable[[], bool] = lambda: True, say: Callable[[str], None] = print,
+          sleep: Callable[[float], object] = time.sleep) -> None:
+    """Rewrite the report every ``every`` seconds while ``is_running()``, then once more."""
+    from study.ranking import NoFinishedTrialError
+
+    while True:
+        running = is_running()
+        if (Path(folder) / "results").is_dir():
+            try:
+                write_report(folder, out, compare_with, refresh=every, running=running)
+            except NoFinishedTrialError:
+                pass  # no trial has reported yet: the next round will show it
+        if not running:
+            say(f"report: {out}")
+            return
+        sleep(every)

@@ -1,0 +1,98 @@
+"""The report in a real browser: headless Chromium opens report.html from disk and draws every figure.
+
+Needs the Debian packages chromium and chromium-driver (`make test` installs them). Off CI
+the test is skipped without them; on CI (CI=true) their absence is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from study.cli import main
+from study.report import SECTIONS
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+# Per figure: how many traces hold data, how many are drawn, and whether anything failed.
+DRAWN = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const size = t => {
+    const arrays = [t.x, t.y, t.z, t.values, t.dimensions, t.cells && t.cells.values];
+    return Math.max(0, ...arrays.filter(a => a && a.length !== undefined).map(a => a.length));
+  };
+  return {id: gd.id, traces: gd.data.length, filled: gd.data.filter(t => size(t) > 0).length,
+          drawn: gd.querySelectorAll('.trace, .table, .parcoords, .contour, .hm').length,
+          svg: gd.querySelectorAll('.main-svg').length};
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are missing: `make test` installs them with apt-get")
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--enable-unsafe-swiftshader", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # no Selenium Manager download
+    yield driver
+    driver.quit()
+
+
+def _open(browser, page: Path, expected: int) -> list[dict]:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(lambda d: len(d.execute_script(DRAWN)) == expected and
+                                     all(f["svg"] for f in d.execute_script(DRAWN)))
+    return browser.execute_script(DRAWN)
+
+
+def test_every_figure_is_drawn_without_a_console_error(browser, small_study, tmp_path):
+    # Two copies: a hostile study name, compared with a plain one (the page escapes both).
+    hostile = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(small_study, hostile)
+    shutil.copytree(small_study, tmp_path / "baseline")
+    page = tmp_path / "report.html"
+    assert main(["report", hostile.name, "--dir", str(tmp_path), "--compare", "baseline", "-o", str(page)]) == 0
+    ids = re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page.read_text())
+    assert {f"fig-{key}" for key, *_ in SECTIONS} <= set(ids) and {"fig-compare-best", "fig-compare-table"} <= set(ids)
+
+    figures = _open(browser, page, len(ids))
+    assert [f["id"] for f in figures] == ids
+    for figure in figures:
+        assert figure["filled"] >= 1, f"{figure['id']} has no trace with data: {figure}"
+        assert figure["drawn"] >= 1, f"{figure['id']} drew nothing: {figure}"
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+    assert browser.execute_script("return document.querySelectorAll('img').length") == 0  # the name stayed text
+    assert "<img src=x onerror=alert(1)>" in browser.find_element("tag name", "h1").text
+    assert browser.find_element("id", "written").text.startswith("Written 20")
+    browser.set_window_size(1400, min(browser.execute_script("return document.body.scrollHeight"), 16000))
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_the_browser_check_fails_on_a_page_that_throws_or_has_an_empty_figure(browser, tmp_path):
+    """The check above must be able to fail: a broken page trips both of its conditions."""
+    page = tmp_path / "broken.html"
+    page.write_text(
+        "<html><head><script>" + __import__("plotly.offline", fromlist=["x"]).get_plotlyjs() + "</script></head>"
+        "<body><div id='fig-empty'></div><script>Plotly.newPlot('fig-empty', [], {});"
+        "throw new Error('boom');</script></body></html>")
+    figures = _open(browser, page, 1)
+    assert figures[0]["filled"] == 0
+    assert any("boom" in entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE")
