@@ -191,3 +191,12 @@ def test_run_report_every_rewrites_the_page_during_the_run_and_once_after(study,
         assert 'http-equiv="refresh" content="0"' not in (folder / "report.html").read_text()
         assert 'http-equiv="refresh"' in (folder / "report.html").read_text()  # the study is still running
     assert 'http-equiv="refresh"' not in (folder / "report.html").read_text()  # the final page stays put
+
+
+def test_a_study_that_samples_nothing_still_renders_and_says_so(data):
+    import dataclasses
+
+    plain = dataclasses.replace(data, params={}, trials=[{**t, "params": None} for t in data.trials])
+    page = render(plain)
+    assert page.count('class="plotly-graph-div"') == len(SECTIONS)
+    assert "samples no params" in page

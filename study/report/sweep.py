@@ -18,6 +18,14 @@ STATUS_COLOURS = {"finished": "#2a9d8f", "stopped": "#e9c46a", "errored": "#e639
 MIOU = "val mIoU (%)"
 
 
+def note_if_empty(fig: go.Figure, data: StudyData) -> go.Figure:
+    """Say why a figure of params is blank, rather than leave an empty frame."""
+    if not data.params:
+        fig.add_annotation(text="this study's space samples no params (e.g. the paper space)",
+                           showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -127,7 +135,7 @@ def slices(data: StudyData) -> go.Figure:
         fig.update_yaxes(title_text=MIOU if col == 0 else None, row=row + 1, col=col + 1)
     fig.update_layout(title="Slices: best val mIoU per param value (green finished, yellow stopped early)",
                       height=320 * rows + 80)
-    return fig
+    return note_if_empty(fig, data)
 
 
 def _idw_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, size: int = 40) -> tuple[np.ndarray, ...]:
@@ -186,4 +194,4 @@ def importance(data: StudyData) -> go.Figure:
     note = f"; {', '.join(map(esc, conditional))} left out (not sampled in every trial)" if conditional else ""
     fig.update_layout(title=f"Parameter importance (fANOVA) over {len(trials)} {basis} trials{note}",
                       xaxis=dict(title="share of the variance of val mIoU"), yaxis=dict(title="param"))
-    return fig
+    return note_if_empty(fig, data)
