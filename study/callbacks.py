@@ -53,7 +53,7 @@ class StoreCallback(Callback):
     # --- Tune's hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
-        row.update(status="running", started=row.get("started") or _now(), ended=None, error=None, stop_reason=None)
+        row.update(status="running", started=row.get("started") or _now(), ended=None, stop_reason=None)
         self._write_trials()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -99,6 +99,13 @@ class StoreCallback(Callback):
         row.update(status="errored", stop_reason="raised", error=_error_text(trial), ended=_now())
         self._write_trials()
         self._show()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Tune restarts the trial from its last checkpoint (FailureConfig); count it, it is running again.
+        row = self._trial_row(trial)
+        row.update(retries=(row.get("retries") or 0) + 1, status="running",
+                   error=f"retrying after: {_error_text(trial)}")
+        self._write_trials()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials that Tune ended without a completion event (the time budget ran out) stop here.

@@ -28,9 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
+    from study.store import StoreError
+
     try:
         return args.handler(args)
-    except ConfigError as err:
+    except (ConfigError, StoreError) as err:
         print(f"semiseg-study: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import uuid
 import os
 import time
@@ -59,6 +60,10 @@ def check_space(spec: StudySpec) -> tuple[SearchSpace, TrainConfig, int, str | N
     cfg = TrainConfig.from_dict({**base, **space.paper_point})
     space.check_keys(base=base)
     grace, note = grace_after_ramp_up(spec.grace, cfg)
+    if cfg.dataset != "digits" and not Path(cfg.data_root).is_dir():
+        # Checked on the driver: on a cluster the data must sit at the same path on every node.
+        raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
+                          "give the dataset's root with --set data_root=PATH")
     return space, cfg, grace, note
 
 
@@ -107,10 +112,41 @@ def connect(address: str | None) -> bool:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
+        check_reachable(address)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:
+            raise ConfigError(_connect_hint(address, err)) from None
+        except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a refused token
+            if "auth" in str(err).lower() or "token" in str(err).lower():
+                raise ConfigError(_connect_hint(address, err)) from None
+            raise
     else:
         ray.init(include_dashboard=False, **common)
     return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT nothing listens on; ray.init would retry for minutes."""
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({err.strerror or err}); "
+                          "start one with `ray start --head --port PORT`, or fix the host and port") from None
+
+
+def _connect_hint(address: str, err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    token = ("; the cluster uses token authentication: set RAY_AUTH_TOKEN (see `ray get-auth-token` on the "
+             "head node)" if not os.environ.get("RAY_AUTH_TOKEN") else "; check that RAY_AUTH_TOKEN is the "
+             "cluster's token")
+    return f"--address {address}: Ray refused the connection ({first[:300]}){token}"
 
 
 def _ensure_pretrained(cfg: TrainConfig) -> None:

@@ -52,6 +52,7 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "StudySpec":
+        self._check_types()
         if not NAME_PATTERN.match(self.name):
             raise ConfigError(f"study name {self.name!r}: use letters, digits, '.', '_' and '-' only "
                               "(no path separators), at most 100 characters")
@@ -75,6 +76,17 @@ class StudySpec:
         if unknown:
             TrainConfig.from_dict({k: self.fixed[k] for k in sorted(unknown)[:1]})  # raises with a hint
         return self
+
+    def _check_types(self) -> None:
+        """A hand-edited study.json can hold a string where a number belongs: say which field."""
+        kinds = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)),
+                 "dict[str, Any]": (dict,)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = kinds[str(f.type)]
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ConfigError(f"study spec field {f.name!r} = {value!r} should be "
+                                  f"{' or '.join(t.__name__ for t in allowed).replace('NoneType', 'null')}")
 
     def base_config(self) -> dict[str, Any]:
         """TrainConfig overrides every trial shares: defaults of the study, --set values, the budget."""
@@ -141,6 +153,10 @@ def read_study_json(folder: Path) -> StudySpec:
         raise ConfigError(f"{folder} is not a study folder (no study.json); "
                           "start one with `semiseg-study run --name NAME`")
     try:
-        return StudySpec.from_dict(json.loads(path.read_text())["spec"])
+        spec = StudySpec.from_dict(json.loads(path.read_text())["spec"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"{path} is damaged ({err}); it cannot be resumed") from None
+    try:
+        return spec.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

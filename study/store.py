@@ -67,6 +67,8 @@ ended                       timestamp[ms, UTC]  when it ended (nullable)
 params                      string (JSON)       the values the search space sampled, by param name
 distributions               string (JSON)       each sampled param's Optuna distribution, as
                                                 ``optuna.distributions.distribution_to_json``
+retries                     int64               times Ray restarted the trial from its last
+                                                checkpoint after an error or a lost node
 config.<field>              bool, int64,        the trial's TrainConfig, one column per field
                             float64 or string   (lists as JSON strings)
 ==========================  ==================  ==================================================
@@ -143,6 +145,7 @@ TRIAL_FIELDS = pa.schema([
     ("ended", _TIMESTAMP),
     ("params", pa.string()),
     ("distributions", pa.string()),
+    ("retries", pa.int64()),
 ])
 
 RETRAIN_FIELDS = pa.schema([

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import losses
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
@@ -40,6 +40,10 @@ from trainer.teacher import ema_momentum, update_teacher
 
 LOSS_PARTS = ("supervised", "pseudo_label", "entropy", "contrastive_labeled", "contrastive_unlabeled", "total")
 CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that this trainer cannot continue from: unreadable, unsafe, or another model's."""
 
 
 class DivergedError(RuntimeError):
@@ -336,14 +340,16 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise CheckpointError(f"checkpoint version {version!r} is not {CHECKPOINT_VERSION}: "
+                                  "not a checkpoint of this trainer")
         try:
             self.student.load_state_dict(state["student"])
             self.teacher.load_state_dict(state["teacher"])
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise ValueError(f"checkpoint does not fit this model (network={self.cfg.network}, "
+            raise CheckpointError(f"checkpoint does not fit this model (network={self.cfg.network}, "
                              f"classes={self.num_classes}, proj_dim={self.cfg.proj_dim}): {first}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state_dict(state["bank"])
@@ -365,7 +371,16 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         # On the CPU first: RNG states must be CPU tensors; modules and the bank move themselves.
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        # weights_only: a checkpoint is data; a pickle that would run code is refused.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path}: not a readable trainer checkpoint ({first})") from None
+        try:
+            self.load_state_dict(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
 
 
 def fit(cfg: TrainConfig, data: SegmentationData | None = None,
