@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from study.spec import StudySpec
-from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
+from trainer.config import ConfigError, TrainConfig, field_help, first_line, parse_assignment
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -273,8 +273,9 @@ def _train(args: argparse.Namespace) -> int:
 
         try:
             saved = torch.load(args.resume, map_location="cpu", weights_only=True)["config"]
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
-            raise ConfigError(f"--resume {args.resume}: not a checkpoint of semiseg-study train ({err})") from None
+        except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
+            raise ConfigError(f"--resume {args.resume}: not a checkpoint of semiseg-study train "
+                              f"({first_line(err)})") from None
         cfg = TrainConfig.from_dict({**saved, **dict(parse_assignment(t) for t in args.assignments)})
     else:
         cfg = load_config(args.config, args.assignments)

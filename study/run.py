@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, first_line
 from search_spaces import SearchSpace, get_space
 from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
 
@@ -58,12 +58,12 @@ def check_space(spec: StudySpec) -> tuple[SearchSpace, TrainConfig, int, str | N
     space_fixed = dict(space.fixed)
     base = {**space_fixed, **base}
     cfg = TrainConfig.from_dict({**base, **space.paper_point})
-    space.check_keys(base=base)
-    grace, note = grace_after_ramp_up(spec.grace, cfg)
     if cfg.dataset != "digits" and not Path(cfg.data_root).is_dir():
         # Checked on the driver: on a cluster the data must sit at the same path on every node.
         raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
                           "give the dataset's root with --set data_root=PATH")
+    space.check_keys(base=base)
+    grace, note = grace_after_ramp_up(spec.grace, cfg)
     return space, cfg, grace, note
 
 
@@ -142,11 +142,10 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _connect_hint(address: str, err: BaseException) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     token = ("; the cluster uses token authentication: set RAY_AUTH_TOKEN (see `ray get-auth-token` on the "
              "head node)" if not os.environ.get("RAY_AUTH_TOKEN") else "; check that RAY_AUTH_TOKEN is the "
              "cluster's token")
-    return f"--address {address}: Ray refused the connection ({first[:300]}){token}"
+    return f"--address {address}: Ray refused the connection ({first_line(err)[:300]}){token}"
 
 
 def _ensure_pretrained(cfg: TrainConfig) -> None:

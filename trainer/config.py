@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message says which and what is allowed."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's text (or its type): what goes into a one-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _spec(default: Any, help: str, *, low: float | None = None, high: float | None = None,
           low_open: bool = False, choices: tuple | None = None) -> Any:
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}

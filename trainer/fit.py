@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import losses
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, first_line
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
@@ -348,9 +348,9 @@ class Trainer:
             self.student.load_state_dict(state["student"])
             self.teacher.load_state_dict(state["teacher"])
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint does not fit this model (network={self.cfg.network}, "
-                             f"classes={self.num_classes}, proj_dim={self.cfg.proj_dim}): {first}") from None
+                                  f"classes={self.num_classes}, proj_dim={self.cfg.proj_dim}): "
+                                  f"{first_line(err)}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state_dict(state["bank"])
         self.class_counts = state["class_counts"].to(self.device)
@@ -375,8 +375,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path}: not a readable trainer checkpoint ({first})") from None
+            raise CheckpointError(f"{path}: not a readable trainer checkpoint ({first_line(err)})") from None
         try:
             self.load_state_dict(state)
         except CheckpointError as err:
