@@ -1,0 +1,45 @@
+"""A worker node dies mid-study: its trials resume from their checkpoints on the node that is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+HERE = Path(__file__).parent
+
+
+def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(tmp_path):
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(HERE.parents[1]))
+    run = subprocess.run([sys.executable, str(HERE / "node_loss_driver.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["removed"], "no trial reached the worker node before the study ended"
+    worker = seen["worker"]
+
+    folder = tmp_path / "nodes"
+    trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
+    assert len(trials) == 6 and {t["status"] for t in trials} == {"finished"}  # every trial accounted for
+    rows = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
+    keys = [(r["trial_id"], r["iteration"]) for r in rows]
+    assert len(keys) == len(set(keys))  # each (trial, iteration) once
+    for t in trials:
+        assert sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(6, 61, 6))
+
+    # The trials that were on the worker when it went: restarted (counted in Parquet), on the head
+    # node, from their last checkpoint rather than from iteration 0.
+    moved = [t for t in trials if (t["retries"] or 0) > 0]
+    assert moved, "no trial was running on the removed node"
+    for t in moved:
+        results = seen["results"][t["trial_id"]]
+        before = [r for r in results if r[2] <= seen["removed"]]
+        after = [r for r in results if r[2] > seen["removed"]]
+        assert before and worker in before[-1][1] and after and all(worker not in r[1] for r in after)
+        # Resumed from a checkpoint: the first result after the loss follows one Tune had already seen.
+        assert after[0][0] > 6 and after[0][0] - 6 in [r[0] for r in before]
+        assert t["node"] != before[-1][1]
