@@ -31,15 +31,19 @@ def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(t
     for t in trials:
         assert sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(6, 61, 6))
 
-    # The trials that were on the worker when it went: restarted (counted in Parquet), on the head
-    # node, from their last checkpoint rather than from iteration 0.
+    # The trials that were on the worker when it went: restarted (counted in Parquet) on the head
+    # node; those that had reported there continue from their last checkpoint, not from iteration 0.
     moved = [t for t in trials if (t["retries"] or 0) > 0]
     assert moved, "no trial was running on the removed node"
+    resumed = 0
     for t in moved:
-        results = seen["results"][t["trial_id"]]
-        before = [r for r in results if r[2] <= seen["removed"]]
-        after = [r for r in results if r[2] > seen["removed"]]
-        assert before and worker in before[-1][1] and after and all(worker not in r[1] for r in after)
-        # Resumed from a checkpoint: the first result after the loss follows one Tune had already seen.
+        results = seen["results"][t["trial_id"]]  # in the order Tune logged them
+        on_worker = [i for i, r in enumerate(results) if worker in r[1]]
+        if not on_worker:
+            continue  # it started there but died before its first checkpoint: it began again
+        before, after = results[:on_worker[-1] + 1], results[on_worker[-1] + 1:]
+        assert after and all(worker not in r[1] for r in after)
         assert after[0][0] > 6 and after[0][0] - 6 in [r[0] for r in before]
-        assert t["node"] != before[-1][1]
+        assert worker not in t["node"]
+        resumed += 1
+    assert resumed >= 1

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402

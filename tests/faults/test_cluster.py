@@ -1,4 +1,4 @@
-"""Studies on real Ray clusters on loopback: `ray start --head` with a token, two nodes, logical GPUs.
+"""Real Ray clusters on loopback: `ray start --head` with a token (and without one), two nodes, logical GPUs.
 
 Each cluster lives in its own processes, apart from the session's Ray, and is ended by
 the ids of the processes this test started.
@@ -32,12 +32,12 @@ def _free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(HERE.parent))
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(HERE.parents[1]))
     env.update(extra)
     return env
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_with_token():
     """`ray start --head --block` on 127.0.0.1 with token authentication, in its own process group."""
     port = _free_port()
@@ -79,6 +79,22 @@ def test_study_on_a_ray_start_head_cluster_with_token(head_with_token, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 trials" in result.stdout and "best trial" in result.stdout
     assert env["RAY_AUTH_TOKEN"] not in result.stdout + result.stderr
+    # The token reaches no file of the study: logs, Parquet, study.json, Tune's state.
+    for path in (tmp_path / "remote").rglob("*"):
+        if path.is_file():
+            assert env["RAY_AUTH_TOKEN"].encode() not in path.read_bytes(), path
+
+
+def test_a_missing_token_fails_fast_with_a_hint(head_with_token, tmp_path):
+    address, env = head_with_token
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    env["HOME"] = str(tmp_path)  # no token file from an earlier `ray start` either
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "study", "run", "--address", address, "--name", "x",
+                             "--dir", str(tmp_path), "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 30, result.stderr[-1000:]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "RAY_AUTH_TOKEN" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_two_node_cluster_and_fractional_logical_gpus(tmp_path):
