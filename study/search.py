@@ -48,13 +48,23 @@ class DefineByRun:
 class StudySearcher(OptunaSearch):
     """OptunaSearch that records ASHA-stopped trials as pruned and failed trials as failed."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The result that ends a trial comes again with on_trial_complete, and a retried trial
+        # replays its last evaluation: each step is reported once (Optuna warns on repeats).
+        self._reported_steps: dict[str, set[int]] = {}
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if result.get("diverged") or METRIC not in result:
             return
-        try:  # a step reported twice (a retried trial replays its last evaluation) is harmless
-            self._ot_trials[trial_id].report(float(result[METRIC]), int(result[TIME_ATTR]))
+        step = int(result[TIME_ATTR])
+        if step in self._reported_steps.setdefault(trial_id, set()):
+            return
+        self._reported_steps[trial_id].add(step)
+        try:
+            self._ot_trials[trial_id].report(float(result[METRIC]), step)
         except Exception as err:  # noqa: BLE001 - Optuna warns or raises on repeats; keep going
             logger.debug("optuna report skipped: %s", err)
 
@@ -71,6 +81,7 @@ class StudySearcher(OptunaSearch):
         except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore
             logger.warning("could not record trial %s in Optuna: %s", trial_id, err)
         self._completed_trials.add(trial_id)
+        self._reported_steps.pop(trial_id, None)  # no per-trial state kept for ended trials
 
 
     def restore(self, checkpoint_path: str) -> None:
