@@ -42,6 +42,10 @@ class TrainConfig:
     # --- data and budget -------------------------------------------------------------
     dataset: str = _spec("digits", "dataset name", choices=("digits", "voc", "cityscapes", "gta5_cityscapes"))
     data_root: str = _spec("", "root folder of a real dataset (unused by digits)")
+    labeled_list: str = _spec("", "a text file of the labeled training images, one name per line "
+                              "(default: made from labeled_fraction and split_seed)")
+    unlabeled_list: str = _spec("", "a text file of the unlabeled training images (default: the rest)")
+    split_seed: int = _spec(0, "seed of the labeled/unlabeled split of a real dataset", low=0, high=2**31 - 1)
     labeled_fraction: float = _spec(1 / 20, "fraction of the training images that keep their labels",
                                     low=0.0, high=1.0, low_open=True)
     image_size: int = _spec(321, "side of the square training crop, pixels", low=16, high=4096)

@@ -155,7 +155,9 @@ class Trainer:
             parts["entropy"] = losses.entropy_term(full_logits_v, pseudo_v != IGNORE_INDEX)
 
         # 3. The teacher fills the memory bank from labeled pixels it predicts right, confidently.
-        if uses_bank and it >= cfg.ramp_up - cfg.bank_lead:
+        # Domain adaptation alternates source and target batches; only the target fills the bank.
+        from_target = getattr(self.data.labeled, "last_is_target", True)
+        if uses_bank and from_target and it >= cfg.ramp_up - cfg.bank_lead:
             self._update_bank(images_l, labels_l)
 
         # 4. Contrastive loss of the student's pixel vectors against the bank.

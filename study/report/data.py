@@ -19,19 +19,7 @@ from optuna.distributions import BaseDistribution, json_to_distribution
 
 from study.ranking import NoFinishedTrialError, ranked_trials
 from study.store import ResultStore, StoreError
-
-# Class names of the datasets (the store keeps IoU per class index, in this order).
-CLASS_NAMES: dict[str, list[str]] = {
-    "digits": ["background", *map(str, range(10))],
-    "voc": ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-            "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
-            "tv/monitor"],
-    "cityscapes": ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                   "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                   "motorcycle", "bicycle"],
-}
-CLASS_NAMES["gta5_cityscapes"] = CLASS_NAMES["cityscapes"]
-
+from trainer.classes import CLASSES
 
 def esc(text: Any) -> str:
     """User text (names, errors, paths) made inert for HTML and for Plotly's HTML-like labels."""
@@ -63,7 +51,7 @@ class StudyData:
     def class_names(self) -> list[str]:
         dataset = self.trials[0].get("config.dataset") if self.trials else None
         width = max((len(r["iou"] or []) for r in self.reports), default=0)
-        names = CLASS_NAMES.get(str(dataset), [])
+        names = list(CLASSES.get(str(dataset), ()))
         return names[:width] if len(names) >= width else [f"class {i}" for i in range(width)]
 
 

@@ -61,7 +61,12 @@ def labeled_count(total: int, fraction: float) -> int:
 def build_data(cfg: TrainConfig) -> SegmentationData:
     if cfg.dataset == "digits":
         return _digits(cfg)
-    raise ConfigError(f"dataset = {cfg.dataset!r} is not available in this version; use 'digits'")
+    from trainer.data import real
+
+    loaders = {"voc": real.voc, "cityscapes": real.cityscapes, "gta5_cityscapes": real.gta5_cityscapes}
+    if cfg.dataset not in loaders:
+        raise ConfigError(f"dataset = {cfg.dataset!r}: choose digits, {', '.join(loaders)}")
+    return loaders[cfg.dataset](cfg)
 
 
 # One data seed for every run: trials of a study differ by their training seed, never

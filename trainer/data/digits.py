@@ -20,8 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.classes import DIGITS_CLASSES
+
 NUM_CLASSES = 11  # background + ten digits
-CLASS_NAMES = ("background",) + tuple(f"digit {d}" for d in range(10))
+CLASS_NAMES = DIGITS_CLASSES  # background, then the digits "0" to "9"
 SCENES_VERSION = 1  # bump when scene composition changes, so cached scenes are remade
 POOL_FRACTIONS = {"pretrain": 0.40, "train": 0.30, "val": 0.15, "test": 0.15}
 

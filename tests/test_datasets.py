@@ -1,0 +1,175 @@
+"""Real dataset layouts (VOC, Cityscapes, GTA5 -> Cityscapes) as tiny trees written here with Pillow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from study.cli import main
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import build_data
+from trainer.data.real import LABEL_ID_TO_TRAIN_ID
+from trainer.data.splits import make_split
+
+H, W = 24, 32
+RUN = ["network=small", "pretrained=none", "image_size=16", "iterations=3", "eval_every=3", "batch_labeled=2",
+       "batch_unlabeled=2", "ramp_up=1", "bank_lead=1", "confidence_threshold=0.0", "bank_size=8", "lr=0.01"]
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _picture(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
+
+
+def _voc(root: Path, train: int = 8, val: int = 4) -> Path:
+    ids = [f"2007_{i:06d}" for i in range(train + val)]
+    for n, name in enumerate(ids):
+        image = root / "JPEGImages" / f"{name}.jpg"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_picture(n)).save(image)
+        labels = np.zeros((H, W), np.uint8)
+        labels[4:12, 4:20] = n % 21
+        labels[0, :] = 255  # a VOC object border
+        _png(root / "SegmentationClassAug" / f"{name}.png", labels)
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train_aug.txt").write_text("\n".join(ids[:train]) + "\n")
+    (lists / "val.txt").write_text("\n".join(ids[train:]) + "\n")
+    return root
+
+
+def _cityscapes(root: Path, train: int = 6, val: int = 4) -> Path:
+    for split, count in (("train", train), ("val", val)):
+        for n in range(count):
+            city = "aachen" if n % 2 else "bremen"
+            stem = f"{city}_{n:06d}_000019"
+            _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _picture(n))
+            ids = np.full((H, W), 7, np.uint8)  # road
+            ids[:8] = 23                           # sky
+            ids[8:12, :4] = 26                     # car
+            ids[20:] = 1                           # ego vehicle: ignored
+            _png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids)
+    return root
+
+
+def _gta5(root: Path, count: int = 4) -> Path:
+    for n in range(count):
+        _png(root / "gta5" / "images" / f"{n:05d}.png", _picture(100 + n))
+        ids = np.full((H, W), 7, np.uint8)
+        ids[:6] = 21  # vegetation
+        _png(root / "gta5" / "labels" / f"{n:05d}.png", ids)
+    _cityscapes(root / "cityscapes")
+    return root
+
+
+def _cfg(dataset: str, root: Path, **changes) -> TrainConfig:
+    values = dict(item.split("=", 1) for item in RUN)
+    values = {k: json.loads(v) if v[0].isdigit() else v for k, v in values.items()}
+    return TrainConfig.from_dict({"dataset": dataset, "data_root": str(root), **values, **changes})
+
+
+def test_cityscapes_label_ids_map_to_the_19_train_ids():
+    assert [LABEL_ID_TO_TRAIN_ID[i] for i in (7, 8, 11, 23, 24, 26, 33)] == [0, 1, 2, 10, 11, 13, 18]
+    assert {LABEL_ID_TO_TRAIN_ID[i] for i in (0, 1, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34, 255)} == {255}
+    assert sorted(set(LABEL_ID_TO_TRAIN_ID) - {255}) == list(range(19))
+
+
+def test_splits_are_reproducible_disjoint_and_sized_by_the_fraction():
+    names = [f"img{i:05d}" for i in range(10582)]
+    labeled, unlabeled = make_split(names[::-1], 1 / 20, seed=3)
+    assert len(labeled) == 529 and len(unlabeled) == 10582 - 529
+    assert not set(labeled) & set(unlabeled) and set(labeled) | set(unlabeled) == set(names)
+    assert make_split(names, 1 / 20, seed=3) == (labeled, unlabeled)  # order of the input does not matter
+    assert make_split(names, 1 / 20, seed=4)[0] != labeled
+    assert len(make_split(names[:2975], 1 / 30, seed=0)[0]) == 99
+
+
+def test_voc_tree_loads_with_its_classes_ignore_label_and_split_files(tmp_path):
+    data = build_data(_cfg("voc", _voc(tmp_path / "voc"), labeled_fraction=0.25))
+    assert data.num_classes == 21 and data.class_names[15] == "person"
+    assert len(data.labeled) == 2 and len(data.unlabeled) == 6 and len(data.val) + len(data.test) == 4
+    assert data.labeled.images.shape[1:] == (3, 16, 16) and data.labeled.images.max() <= 1
+    assert (data.val.labels[:, 0] == 255).all()  # the border row stays ignored after resizing
+    folder = tmp_path / "voc" / "splits" / "voc" / "0.25_0"
+    assert len((folder / "labeled.txt").read_text().split()) == 2
+    assert (folder / "unlabeled.txt").read_text().split() == sorted(set(
+        (tmp_path / "voc" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split())
+        - set((folder / "labeled.txt").read_text().split()))
+
+
+def test_users_own_split_lists_are_used(tmp_path):
+    root = _voc(tmp_path / "voc")
+    mine = tmp_path / "labeled.txt"
+    mine.write_text("2007_000001\n2007_000003\n2007_000005\n")
+    data = build_data(_cfg("voc", root, labeled_list=str(mine)))
+    assert len(data.labeled) == 3 and len(data.unlabeled) == 5
+    mine.write_text("2007_000001\nnot_an_image\n")
+    with pytest.raises(ConfigError, match="not_an_image"):
+        build_data(_cfg("voc", root, labeled_list=str(mine)))
+
+
+def test_cityscapes_tree_maps_label_ids(tmp_path):
+    data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), labeled_fraction=0.5))
+    assert data.num_classes == 19 and not data.has_background
+    values = set(torch.cat([data.labeled.labels.flatten(), data.val.labels.flatten()]).tolist())
+    assert values == {0, 10, 13, 255}  # road, sky, car, and the ignored ego vehicle
+
+
+def test_gta5_and_cityscapes_alternate_and_only_the_target_fills_the_bank(tmp_path):
+    data = build_data(_cfg("gta5_cityscapes", _gta5(tmp_path / "da"), labeled_fraction=0.5))
+    generator = torch.Generator().manual_seed(0)
+    seen = []
+    for _ in range(4):
+        _, labels = data.labeled.sample(2, generator)
+        seen.append((data.labeled.last_is_target, 8 in labels.tolist()[0][0]))  # vegetation: GTA5 only
+    assert [target for target, _ in seen] == [False, True, False, True]
+    assert all(vegetation != target for target, vegetation in seen)
+
+
+@pytest.mark.parametrize("dataset, make", [("voc", _voc), ("cityscapes", _cityscapes), ("gta5_cityscapes", _gta5)])
+def test_train_runs_on_each_layout(dataset, make, tmp_path, capsys):
+    root = make(tmp_path / dataset)
+    assert main(["train", "--set", f"dataset={dataset}", f"data_root={root}", *RUN, "--out", str(tmp_path / "run")]) == 0
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["iteration"] == 3 and 0 <= final["test_miou"] <= 1
+
+
+def _fails(argv: list[str], capsys, text: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert text in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_files_are_named(tmp_path, capsys):
+    root = _voc(tmp_path / "voc")
+    args = ["train", "--set", "dataset=voc", f"data_root={root}", *RUN, "--out", str(tmp_path / "run")]
+    label = root / "SegmentationClassAug" / "2007_000002.png"
+
+    (root / "JPEGImages" / "2007_000001.jpg").unlink()
+    _fails(args, capsys, "2007_000001.jpg")
+    Image.fromarray(_picture(1)).save(root / "JPEGImages" / "2007_000001.jpg")
+
+    bad = np.zeros((H, W), np.uint8)
+    bad[3, 3] = 40
+    _png(label, bad)
+    _fails(args, capsys, "2007_000002.png holds class 40")
+
+    _png(label, np.zeros((H + 1, W), np.uint8))
+    _fails(args, capsys, "is 32x25 but its image")
+
+    label.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _fails(args, capsys, "2007_000002.png is not a readable image")
+    label.unlink()
+    _fails(args, capsys, "2007_000002.png does not exist")
+
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
+    _fails(args, capsys, "val.txt is empty")

@@ -1,0 +1,35 @@
+"""The paper's networks: built, ImageNet-format weights loaded from a file, one training step on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_datasets import _cfg, _voc
+from trainer.config import ConfigError
+from trainer.fit import Trainer
+from trainer.models import build_model
+from trainer.models.backbones import resnet50, resnet101
+
+
+@pytest.mark.parametrize("network, make", [("deeplabv2_r101", resnet101), ("deeplabv3plus_r50", resnet50)])
+def test_network_loads_torchvision_weights_and_trains_a_step(network, make, tmp_path):
+    torch.manual_seed(123)  # another draw than the trainer's own initialisation
+    weights = make().state_dict()
+    weights["fc.weight"], weights["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # ImageNet's head
+    torch.save(weights, tmp_path / "imagenet.pth")
+    cfg = _cfg("voc", _voc(tmp_path / "voc"), network=network, pretrained=str(tmp_path / "imagenet.pth"),
+               image_size=33, proj_dim=16, bank_size=4, labeled_fraction=0.25)
+    trainer = Trainer(cfg)
+    torch.testing.assert_close(trainer.student.backbone.layer3[1].conv2.weight, weights["layer3.1.conv2.weight"])
+    before = trainer.student.backbone.layer4[0].conv1.weight.detach().clone()
+    losses = trainer.train_step()
+    assert torch.isfinite(torch.tensor(losses["total"]))
+    assert not torch.equal(before, trainer.student.backbone.layer4[0].conv1.weight)
+    logits, _ = trainer.student(torch.rand(1, 3, 33, 33))
+    assert logits.shape[1] == 21
+
+    del weights["layer2.0.conv1.weight"]
+    torch.save(weights, tmp_path / "partial.pth")
+    with pytest.raises(ConfigError, match="layer2.0.conv1.weight"):
+        build_model(cfg.replace(pretrained=str(tmp_path / "partial.pth")), 21)
