@@ -33,3 +33,33 @@ def test_network_loads_torchvision_weights_and_trains_a_step(network, make, tmp_
     torch.save(weights, tmp_path / "partial.pth")
     with pytest.raises(ConfigError, match="layer2.0.conv1.weight"):
         build_model(cfg.replace(pretrained=str(tmp_path / "partial.pth")), 21)
+
+
+def test_amp_and_channels_last_switches_train_on_cpu():
+    from conftest import tiny_overrides
+    from trainer.config import TrainConfig
+
+    trainer = Trainer(TrainConfig.from_dict(tiny_overrides(amp=True, channels_last=True, iterations=3)))
+    seen = []
+    trainer.student.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output[1].dtype))
+    conv = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    trainer.run()
+    assert seen and seen[0] == torch.bfloat16  # the convolutions ran in bf16
+    logits, features = trainer.student(torch.rand(2, 3, 32, 32))
+    assert logits.dtype == features.dtype == torch.float32  # what the losses and the bank get
+    assert 0 <= trainer.evaluate("val")[0] <= 1 and trainer.iteration == 3
+
+
+def test_flip_evaluation_scores_an_image_and_its_mirror_alike():
+    from conftest import tiny_overrides
+    from trainer.config import TrainConfig
+    from trainer.data import Split
+
+    trainer = Trainer(TrainConfig.from_dict(tiny_overrides(eval_flip=True, iterations=2)))
+    trainer.run()
+    val = trainer.data.val
+    plain = trainer.evaluate("val")
+    trainer.data.val = Split(val.images.flip(-1), val.labels.flip(-1))
+    mirrored = trainer.evaluate("val")
+    assert plain[0] == mirrored[0]  # mean of both views: the same pixels get the same classes

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = _spec(7, "seed of every random choice of the run", low=0, high=2**31 - 1)
     device: str = _spec("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
+    amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
+    channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
 
     # --- augmentation (geometry; colour and blur strengths are the official code's) -------------
     aug_scale_min: float = _spec(0.75, "smallest random zoom factor", low=0.1, high=10.0)
@@ -106,6 +108,7 @@ class TrainConfig:
                                choices=("off", "batch", "running"))
     class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
     eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
+    eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
 
     # --- memory bank and contrastive loss ----------------------------------------------
     bank_size: int = _spec(256, "memory vectors per class", low=1, high=10**6)

@@ -301,7 +301,10 @@ class Trainer:
         confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
         for images, labels in self.data.split(split).batches(batch):
             images, labels = images.to(self.device), labels.to(self.device)
-            prediction = _upsample(net(images)[0], labels).argmax(dim=1)
+            logits = net(images)[0]
+            if self.cfg.eval_flip:
+                logits = logits + net(images.flip(-1))[0].flip(-1)
+            prediction = _upsample(logits, labels).argmax(dim=1)
             confusion += confusion_matrix(prediction, labels, self.num_classes)
         net.train(was_training)
         return mean_iou(confusion), iou_per_class(confusion).tolist()

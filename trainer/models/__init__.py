@@ -33,9 +33,11 @@ class SegmentationNet(nn.Module):
     per-class ``feature_selectors`` / ``memory_selectors`` that weight them.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, proj_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, proj_dim: int,
+                 amp: bool = False, channels_last: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.amp, self.channels_last = amp, channels_last
         self.backbone = backbone
         self.head = head
         self.projection_head = mlp_head(backbone.out_channels, proj_dim)
@@ -44,8 +46,15 @@ class SegmentationNet(nn.Module):
         self.memory_selectors = ClassSelectors(num_classes, proj_dim)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low, features = self.backbone(normalise(images))
-        return self.head(low, features), features
+        images = normalise(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # bf16 autocast over the convolutions only: the losses, the bank and the selectors stay
+        # in float32, where the closed-form contrastive loss and the EMA need the precision.
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            low, features = self.backbone(images)
+            logits = self.head(low, features)
+        return logits.float(), features.float()
 
     def project(self, pixel_features: torch.Tensor) -> torch.Tensor:
         return self.projection_head(pixel_features)
@@ -67,9 +76,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SegmentationNet:
         head = DeepLabV3PlusHead(backbone.out_channels, backbone.low_channels, num_classes, cfg.aspp_dilations)
     else:  # validate() already refuses this; kept for callers that skip it
         raise ConfigError(f"network = {cfg.network!r} is unknown")
-    model = SegmentationNet(backbone, head, num_classes, cfg.proj_dim)
+    model = SegmentationNet(backbone, head, num_classes, cfg.proj_dim, cfg.amp, cfg.channels_last)
     if cfg.pretrained not in ("auto", "none"):
         load_backbone(model.backbone, Path(cfg.pretrained))
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     return model
 
 
