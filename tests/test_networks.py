@@ -63,3 +63,25 @@ def test_flip_evaluation_scores_an_image_and_its_mirror_alike():
     trainer.data.val = Split(val.images.flip(-1), val.labels.flip(-1))
     mirrored = trainer.evaluate("val")
     assert plain[0] == mirrored[0]  # mean of both views: the same pixels get the same classes
+
+
+def test_batch_norm_is_reestimated_on_unlabeled_images_at_the_end():
+    from conftest import tiny_overrides
+    from trainer.config import TrainConfig
+
+    trainer = Trainer(TrainConfig.from_dict(tiny_overrides(bn_reestimate=4, iterations=2, eval_model="teacher")))
+    norm = next(m for m in trainer.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    trainer.run()
+    assert int(norm.num_batches_tracked) == 4 and norm.momentum == 0.1  # four fresh batches, momentum restored
+    # The mean over those batches of the layer's input: compute it by hand from the same images.
+    generator = torch.Generator().manual_seed(trainer.cfg.seed + 2)
+    inputs = []
+    hook = norm.register_forward_hook(lambda module, args, output: inputs.append(args[0].mean(dim=(0, 2, 3))))
+    trainer.teacher.eval()  # eval mode: the statistics stay as they are while we look
+    for _ in range(4):
+        trainer.teacher(trainer.data.unlabeled.sample(trainer.cfg.batch_unlabeled, generator)[0])
+    hook.remove()
+    torch.testing.assert_close(norm.running_mean, torch.stack(inputs).mean(0), rtol=1e-4, atol=1e-5)
+    state = trainer.data_generator.get_state()
+    trainer.reestimate_batch_norm(4)
+    assert torch.equal(state, trainer.data_generator.get_state())  # the training stream is untouched

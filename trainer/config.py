@@ -109,6 +109,8 @@ class TrainConfig:
     class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
     eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
     eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
+    bn_reestimate: int = _spec(0, "at the end, recompute the evaluated network's batch-norm statistics on this "
+                               "many unlabeled batches (0 = off)", low=0, high=10**6)
 
     # --- memory bank and contrastive loss ----------------------------------------------
     bank_size: int = _spec(256, "memory vectors per class", low=1, high=10**6)

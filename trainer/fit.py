@@ -285,11 +285,36 @@ class Trainer:
             self.train_step()
             if progress is not None:
                 progress("train", self.iteration, cfg.iterations)
+            if self.iteration == cfg.iterations and cfg.bn_reestimate:
+                self.reestimate_batch_norm(cfg.bn_reestimate)  # before the last evaluation sees them
             if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                 last = self.evaluation("val")
                 if on_evaluation is not None:
                     on_evaluation(last, self)
         return last
+
+    @torch.no_grad()
+    def reestimate_batch_norm(self, batches: int) -> None:
+        """Recompute the evaluated network's batch-norm statistics on unlabeled images.
+
+        An EMA teacher's running statistics average over students long gone; a fresh
+        cumulative average over ``batches`` batches matches the weights it evaluates with.
+        """
+        net = {"teacher": self.teacher, "student": self.student}[self.cfg.eval_model]
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative mean over the batches below
+        was_training = net.training
+        net.train()
+        # Its own generator: re-estimating must not shift the training stream of a resumed run.
+        generator = torch.Generator().manual_seed(self.cfg.seed + 2)
+        for _ in range(batches):
+            net(self.data.unlabeled.sample(self.cfg.batch_unlabeled, generator)[0].to(self.device))
+        net.train(was_training)
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
