@@ -284,18 +284,19 @@ def _table(rows: list[dict[str, Any]], fixed: pa.Schema, kind: str, study: str) 
         trial = row.get(name)
         if not isinstance(trial, str) or not trial:
             raise ValueError(f"{kind} row without a {name}: {row!r:.200}")
+        which = f"{kind} row of {'trial' if name == 'trial_id' else 'candidate'} {trial!r}"
         for key in row:
             if key.startswith(CONFIG_PREFIX):
                 config_columns.setdefault(key)
             elif key not in fixed.names:
-                raise ValueError(f"{kind} row of trial {trial!r} has unknown column {key!r}; "
+                raise ValueError(f"{which} has unknown column {key!r}; "
                                  f"expected {', '.join(fixed.names)} or config.<field>")
         version = row.get("schema_version")
         if version is not None and version != SCHEMA_VERSION:
-            raise ValueError(f"{kind} row of trial {trial!r} has schema_version {version}, "
+            raise ValueError(f"{which} has schema_version {version}, "
                              f"this store writes {SCHEMA_VERSION}")
         if row.get("study") not in (None, study):
-            raise ValueError(f"{kind} row of trial {trial!r} belongs to study {row['study']!r}, not to {study!r}")
+            raise ValueError(f"{which} belongs to study {row['study']!r}, not to {study!r}")
     arrays: list[pa.Array] = []
     for f in fixed:
         if f.name == "schema_version":
