@@ -211,6 +211,12 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
                                    reduction_factor=spec.reduction)
     else:
         scheduler = FIFOScheduler()
+    # Tune's automatic loggers include TensorBoard, which kept a writer (and an open file) per
+    # trial for the whole study: memory and file handles grew with the trial count. The Parquet
+    # store is the record; Tune keeps its JSON results (result.json, read by Tune's own tools).
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
     callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress, stop_reason=reason,
                              space=space)
@@ -220,7 +226,7 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
                                     max_concurrent_trials=concurrency(spec), reuse_actors=True,
                                     time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
+            name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback, JsonLoggerCallback()],
             # More than one: Tune's snapshot may still name an older checkpoint when a driver dies.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),

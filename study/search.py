@@ -81,7 +81,9 @@ class StudySearcher(OptunaSearch):
         except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore
             logger.warning("could not record trial %s in Optuna: %s", trial_id, err)
         self._completed_trials.add(trial_id)
-        self._reported_steps.pop(trial_id, None)  # no per-trial state kept for ended trials
+        # Nothing of an ended trial stays in the driver but its id: a long study stays small.
+        self._reported_steps.pop(trial_id, None)
+        self._ot_trials.pop(trial_id, None)
 
 
     def restore(self, checkpoint_path: str) -> None:

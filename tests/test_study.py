@@ -87,6 +87,8 @@ def test_parquet_agrees_with_what_tune_reported(asha_study):
     reports = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
     stored = {(r["trial_id"], r["iteration"], round(r["val_miou"], 9)) for r in reports}
     assert stored == _tune_results(folder)
+    # No TensorBoard writer per trial (it held a file open for the whole study): Parquet is the record.
+    assert not list((folder / "tune").rglob("events.out.tfevents*"))
     keys = [(r["trial_id"], r["iteration"]) for r in reports]
     assert len(keys) == len(set(keys))
     trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
