@@ -173,3 +173,26 @@ def test_bad_files_are_named(tmp_path, capsys):
 
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
     _fails(args, capsys, "val.txt is empty")
+
+
+def test_streaming_from_disk_gives_the_same_batches_as_memory(tmp_path):
+    root = _voc(tmp_path / "voc")
+    memory = build_data(_cfg("voc", root, labeled_fraction=0.5))
+    stream = build_data(_cfg("voc", root, labeled_fraction=0.5, workers=2))
+    assert type(stream.labeled).__name__ == "FileSplit" and len(stream.labeled) == len(memory.labeled)
+    for split in ("labeled", "unlabeled"):
+        a = getattr(memory, split).sample(3, torch.Generator().manual_seed(5))
+        b = getattr(stream, split).sample(3, torch.Generator().manual_seed(5))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for (xa, ya), (xb, yb) in zip(memory.val.batches(3), stream.val.batches(3)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    (root / "SegmentationClassAug" / "2007_000003.png").unlink()
+    with pytest.raises(ConfigError, match="2007_000003.png does not exist"):
+        build_data(_cfg("voc", root, workers=2))
+
+
+def test_train_streams_with_workers(tmp_path):
+    root = _cityscapes(tmp_path / "cs")
+    assert main(["train", "--set", "dataset=cityscapes", f"data_root={root}", "workers=2", *RUN,
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 3

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = _spec(7, "seed of every random choice of the run", low=0, high=2**31 - 1)
     device: str = _spec("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
+    workers: int = _spec(0, "real datasets: threads that decode batches from disk (0: decode every image "
+                         "once into memory)", low=0, high=256)
     amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
     channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
 

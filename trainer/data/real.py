@@ -13,9 +13,10 @@ Layouts under ``data_root``:
 The paper reports on the val split; a study selects on val and retrain scores on test, so
 the official val list is cut in two halves by a fixed seed: val and test.
 
-This loader reads everything into memory, resized to ``image_size`` squared: right for
-small trees and subsets. Streaming full-size data through worker processes and evaluation
-at full resolution are not built yet (see README).
+Images are resized to ``image_size`` squared. With ``workers`` = 0 a split is decoded once
+into memory (small trees, subsets); with ``workers`` > 0 it is read from disk batch by
+batch by that many decoding threads (``trainer.data.stream``). Evaluation at full
+resolution is not built yet (see README).
 """
 
 from __future__ import annotations
@@ -45,9 +46,17 @@ def _root(cfg: TrainConfig) -> Path:
     return root
 
 
-def _stack(pairs: list[tuple[torch.Tensor, torch.Tensor]]):  # noqa: ANN202 - a Split
+def _split(cfg: TrainConfig, files: list[tuple[Path, Path]], num_classes: int,
+           mapping: np.ndarray | None = None):  # noqa: ANN202 - a Split or a FileSplit
+    """In memory (decoded once), or with ``workers`` > 0 read from disk batch by batch."""
+    if cfg.workers:
+        from trainer.data.stream import FileSplit
+
+        return FileSplit(files, num_classes, cfg.image_size, mapping, cfg.workers,
+                         pin_memory=cfg.device.startswith("cuda") and torch.cuda.is_available())
     from trainer.data import Split
 
+    pairs = [read_pair(image, label, num_classes, cfg.image_size, mapping) for image, label in files]
     return Split(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
 
 
@@ -76,8 +85,7 @@ def voc(cfg: TrainConfig):  # noqa: ANN201 - SegmentationData
         labels = root / "SegmentationClass"
 
     def load(ids: list[str]):  # noqa: ANN202
-        return _stack([read_pair(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png", len(VOC_CLASSES),
-                                 cfg.image_size) for i in ids])
+        return _split(cfg, [(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png") for i in ids], len(VOC_CLASSES))
 
     labeled, unlabeled = _train_split(cfg, read_list(train_list), "voc")
     val, test = _halves(read_list(lists / "val.txt"))
@@ -93,11 +101,11 @@ def _cityscapes_names(root: Path, split: str) -> list[str]:
     return names
 
 
-def _cityscapes_loader(root: Path, split: str, size: int):  # noqa: ANN202
+def _cityscapes_loader(cfg: TrainConfig, root: Path, split: str):  # noqa: ANN202
     def load(names: list[str]):  # noqa: ANN202
-        return _stack([read_pair(root / "leftImg8bit" / split / f"{n}_leftImg8bit.png",
-                                 root / "gtFine" / split / f"{n}_gtFine_labelIds.png", len(CITYSCAPES_CLASSES), size,
-                                 LABEL_ID_TO_TRAIN_ID) for n in names])
+        files = [(root / "leftImg8bit" / split / f"{n}_leftImg8bit.png",
+                  root / "gtFine" / split / f"{n}_gtFine_labelIds.png") for n in names]
+        return _split(cfg, files, len(CITYSCAPES_CLASSES), LABEL_ID_TO_TRAIN_ID)
     return load
 
 
@@ -107,7 +115,7 @@ def cityscapes(cfg: TrainConfig, root: Path | None = None):  # noqa: ANN201 - Se
     root = root or _root(cfg)
     labeled, unlabeled = _train_split(cfg, _cityscapes_names(root, "train"), "cityscapes")
     val, test = _halves(_cityscapes_names(root, "val"))
-    train, evaluate = _cityscapes_loader(root, "train", cfg.image_size), _cityscapes_loader(root, "val", cfg.image_size)
+    train, evaluate = _cityscapes_loader(cfg, root, "train"), _cityscapes_loader(cfg, root, "val")
     return SegmentationData(train(labeled), train(unlabeled), evaluate(val), evaluate(test), len(CITYSCAPES_CLASSES),
                             CITYSCAPES_CLASSES, has_background=False)
 
@@ -139,8 +147,8 @@ def gta5_cityscapes(cfg: TrainConfig):  # noqa: ANN201 - SegmentationData
     names = sorted(p.stem for p in (gta / "images").glob("*.png"))
     if not names:
         raise ConfigError(f"no images in {gta / 'images'}: expected {gta}/images/<n>.png and {gta}/labels/<n>.png")
-    source = _stack([read_pair(gta / "images" / f"{n}.png", gta / "labels" / f"{n}.png", len(CITYSCAPES_CLASSES),
-                               cfg.image_size, LABEL_ID_TO_TRAIN_ID) for n in names])
+    source = _split(cfg, [(gta / "images" / f"{n}.png", gta / "labels" / f"{n}.png") for n in names],
+                    len(CITYSCAPES_CLASSES), LABEL_ID_TO_TRAIN_ID)
     target = cityscapes(cfg, root / "cityscapes")
     target.labeled = AlternatingSplit(source, target.labeled)
     return target
