@@ -94,7 +94,9 @@ class StudySpec:
         fixed = dict(DEFAULT_FIXED) if dataset == "digits" else {}
         fixed.update(self.fixed)
         fixed["iterations"] = self.max_iters
-        fixed.setdefault("threads", max(1, int(self.cpus_per_trial)))
+        # The trial's CPUs are shared by torch's threads and the data-loading processes.
+        workers = fixed.get("workers", 0) if isinstance(fixed.get("workers", 0), int) else 0
+        fixed.setdefault("threads", max(1, int(self.cpus_per_trial) - workers))
         return fixed
 
     def to_dict(self) -> dict[str, Any]:

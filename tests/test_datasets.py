@@ -18,7 +18,7 @@ from trainer.data.splits import make_split
 
 H, W = 24, 32
 RUN = ["network=small", "pretrained=none", "image_size=16", "iterations=3", "eval_every=3", "batch_labeled=2",
-       "batch_unlabeled=2", "ramp_up=1", "bank_lead=1", "confidence_threshold=0.0", "bank_size=8", "lr=0.01"]
+       "batch_unlabeled=2", "resize_height=0", "ramp_up=1", "bank_lead=1", "confidence_threshold=0.0", "bank_size=8", "lr=0.01"]
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -93,17 +93,80 @@ def test_splits_are_reproducible_disjoint_and_sized_by_the_fraction():
     assert len(make_split(names[:2975], 1 / 30, seed=0)[0]) == 99
 
 
+def _stored(root: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.from_numpy(np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")).copy())
+    labels = torch.from_numpy(np.asarray(Image.open(root / "SegmentationClassAug" / f"{name}.png")).copy())
+    return image.permute(2, 0, 1), labels
+
+
+def _windows(image: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [image[..., top:top + size, left:left + size]
+            for top in range(image.shape[-2] - size + 1) for left in range(image.shape[-1] - size + 1)]
+
+
 def test_voc_tree_loads_with_its_classes_ignore_label_and_split_files(tmp_path):
-    data = build_data(_cfg("voc", _voc(tmp_path / "voc"), labeled_fraction=0.25))
+    root = _voc(tmp_path / "voc")
+    data = build_data(_cfg("voc", root, labeled_fraction=0.25))
     assert data.num_classes == 21 and data.class_names[15] == "person"
     assert len(data.labeled) == 2 and len(data.unlabeled) == 6 and len(data.val) + len(data.test) == 4
-    assert data.labeled.images.shape[1:] == (3, 16, 16) and data.labeled.images.max() <= 1
-    assert (data.val.labels[:, 0] == 255).all()  # the border row stays ignored after resizing
-    folder = tmp_path / "voc" / "splits" / "voc" / "0.25_0"
-    assert len((folder / "labeled.txt").read_text().split()) == 2
+    folder = root / "splits" / "voc" / "0.25_0"
+    labeled = (folder / "labeled.txt").read_text().split()
+    assert len(labeled) == 2
     assert (folder / "unlabeled.txt").read_text().split() == sorted(set(
-        (tmp_path / "voc" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split())
-        - set((folder / "labeled.txt").read_text().split()))
+        (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()) - set(labeled))
+
+    # Training batches are random crops at the stored resolution, not a resize of the image.
+    images, labels = data.labeled.stream(6, generator=torch.Generator(), key="k").next()
+    assert images.shape == (6, 3, 16, 16) and labels.shape == (6, 16, 16)
+    assert images.dtype == labels.dtype == torch.uint8
+    stored = [_stored(root, name) for name in labeled]
+    corners = set()
+    for image, label in zip(images, labels):
+        matches = [(n, k) for n, (x, y) in enumerate(stored)
+                   for k, (wx, wy) in enumerate(zip(_windows(x, 16), _windows(y, 16)))
+                   if torch.equal(wy, label) and (wx.int() - image.int()).abs().max() == 0]
+        assert matches, "a crop that is no window of a labeled image"
+        corners.add(matches[0])
+    assert len(corners) > 1  # the crops move
+
+    # Val and test: whole images, labels as stored (the VOC border row stays ignored).
+    for split in (data.val, data.test):
+        for images, labels in split.batches(4):
+            assert images.shape[1:] == (3, H, W) and labels.shape[1:] == (H, W)
+            assert (labels[:, 0] == 255).all() and set(labels[:, 4:12, 4:20].flatten().tolist()) <= set(range(21))
+
+
+def test_images_smaller_than_the_crop_are_padded_with_the_mean_and_ignored(tmp_path):
+    from trainer.data.pools import PAD_COLOUR
+
+    data = build_data(_cfg("voc", _voc(tmp_path / "voc"), image_size=40))
+    images, labels = data.unlabeled.stream(3, generator=torch.Generator(), key="k").next()
+    assert images.shape == (3, 3, 40, 40)
+    assert (labels[:, H:, :] == 255).all() and (labels[:, :, W:] == 255).all()
+    assert (labels[:, 1:H, :W] != 255).all()  # the image itself, its ignored border row aside
+    assert torch.equal(images[:, :, H:, :], PAD_COLOUR[None, :, None, None].expand(3, 3, 40 - H, 40))
+
+
+def test_evaluation_groups_images_of_one_size_only(tmp_path):
+    root = _voc(tmp_path / "voc", val=6)
+    wide = np.random.default_rng(0).integers(0, 255, (H, W + 8, 3), dtype=np.uint8)
+    for name in ("2007_000009", "2007_000010"):  # two val images of another size
+        Image.fromarray(wide).save(root / "JPEGImages" / f"{name}.jpg")
+        _png(root / "SegmentationClassAug" / f"{name}.png", np.zeros((H, W + 8), np.uint8))
+    data = build_data(_cfg("voc", root, eval_batch=8))
+    shapes = [(len(x), tuple(y.shape[1:])) for split in (data.val, data.test) for x, y in split.batches(8)]
+    assert sum(n for n, _ in shapes) == 6 and {s for _, s in shapes} == {(H, W), (H, W + 8)}
+    assert len(shapes) <= 4  # same-size neighbours share a batch
+    assert [n for n, _ in ((len(x), 0) for x, _ in data.val.batches(1))] == [1] * len(data.val)
+
+
+def test_resize_height_scales_images_and_scores_stored_labels(tmp_path):
+    data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), resize_height=12, image_size=16))
+    images, labels = data.labeled.stream(2, generator=torch.Generator(), key="k").next()
+    assert images.shape == (2, 3, 16, 16)
+    assert (labels[:, 12:] == 255).all() and (labels[:, :12] != 255).any()  # 12 rows of image, then padding
+    images, labels = next(iter(data.val.batches(1)))
+    assert images.shape[1:] == (3, 12, 16) and labels.shape[1:] == (H, W)
 
 
 def test_users_own_split_lists_are_used(tmp_path):
@@ -118,19 +181,20 @@ def test_users_own_split_lists_are_used(tmp_path):
 
 
 def test_cityscapes_tree_maps_label_ids(tmp_path):
-    data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), labeled_fraction=0.5))
+    data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), labeled_fraction=0.5, image_size=24))
     assert data.num_classes == 19 and not data.has_background
-    values = set(torch.cat([data.labeled.labels.flatten(), data.val.labels.flatten()]).tolist())
-    assert values == {0, 10, 13, 255}  # road, sky, car, and the ignored ego vehicle
+    _, train = data.labeled.stream(8, generator=torch.Generator(), key="k").next()
+    val = torch.cat([y.flatten() for _, y in data.val.batches(1)])
+    assert set(torch.cat([train.flatten(), val]).tolist()) == {0, 10, 13, 255}  # road, sky, car, ego vehicle
 
 
 def test_gta5_and_cityscapes_alternate_and_only_the_target_fills_the_bank(tmp_path):
-    data = build_data(_cfg("gta5_cityscapes", _gta5(tmp_path / "da"), labeled_fraction=0.5))
-    generator = torch.Generator().manual_seed(0)
+    data = build_data(_cfg("gta5_cityscapes", _gta5(tmp_path / "da"), labeled_fraction=0.5, image_size=24))
+    stream = data.labeled.stream(2, generator=torch.Generator(), key="k")
     seen = []
     for _ in range(4):
-        _, labels = data.labeled.sample(2, generator)
-        seen.append((data.labeled.last_is_target, 8 in labels.tolist()[0][0]))  # vegetation: GTA5 only
+        _, labels = stream.next()
+        seen.append((stream.last_is_target, bool((labels == 8).any())))  # vegetation: GTA5 only
     assert [target for target, _ in seen] == [False, True, False, True]
     assert all(vegetation != target for target, vegetation in seen)
 
@@ -175,24 +239,65 @@ def test_bad_files_are_named(tmp_path, capsys):
     _fails(args, capsys, "val.txt is empty")
 
 
-def test_streaming_from_disk_gives_the_same_batches_as_memory(tmp_path):
+def test_worker_processes_give_the_same_batches_as_memory(tmp_path):
+    import multiprocessing
+
     root = _voc(tmp_path / "voc")
     memory = build_data(_cfg("voc", root, labeled_fraction=0.5))
-    stream = build_data(_cfg("voc", root, labeled_fraction=0.5, workers=2))
-    assert type(stream.labeled).__name__ == "FileSplit" and len(stream.labeled) == len(memory.labeled)
-    for split in ("labeled", "unlabeled"):
-        a = getattr(memory, split).sample(3, torch.Generator().manual_seed(5))
-        b = getattr(stream, split).sample(3, torch.Generator().manual_seed(5))
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    for (xa, ya), (xb, yb) in zip(memory.val.batches(3), stream.val.batches(3)):
+    disk = build_data(_cfg("voc", root, labeled_fraction=0.5, workers=2))
+    for pool in ("labeled", "unlabeled"):
+        a = getattr(memory, pool).stream(3, generator=torch.Generator(), key="k")
+        b = getattr(disk, pool).stream(3, generator=torch.Generator(), key="k")
+        for _ in range(5):
+            (xa, ya), (xb, yb) = a.next(), b.next()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert len(multiprocessing.active_children()) >= 2  # decoded in worker processes
+        b.close()
+    for (xa, ya), (xb, yb) in zip(memory.val.batches(2), disk.val.batches(2), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     (root / "SegmentationClassAug" / "2007_000003.png").unlink()
     with pytest.raises(ConfigError, match="2007_000003.png does not exist"):
         build_data(_cfg("voc", root, workers=2))
 
 
+def test_a_corrupt_file_met_in_a_worker_is_one_line_naming_it(tmp_path):
+    root = _voc(tmp_path / "voc", train=2)
+    (root / "SegmentationClassAug" / "2007_000001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    stream = build_data(_cfg("voc", root, workers=1)).labeled.stream(2, generator=torch.Generator(), key="k")
+    with pytest.raises(ConfigError, match="2007_000001.png is not a readable image") as caught:
+        for _ in range(8):
+            stream.next()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_on_domain_adaptation_is_bit_exact(workers, tmp_path):
+    from trainer.fit import Trainer
+
+    cfg = _cfg("gta5_cityscapes", _gta5(tmp_path / "da"), labeled_fraction=0.5, iterations=5, workers=workers)
+    straight = Trainer(cfg)
+    for _ in range(5):
+        straight.train_step()
+    first = Trainer(cfg)
+    for _ in range(3):  # an odd count: the resumed run must go on with a target batch
+        first.train_step()
+    first.save(tmp_path / "ckpt.pt")
+    first.close()
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ckpt.pt")
+    assert resumed.labeled_stream.state_dict() == first.labeled_stream.state_dict()
+    for _ in range(2):
+        resumed.train_step()
+    for key, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert torch.equal(straight.bank.vectors, resumed.bank.vectors)
+    assert resumed.labeled_stream.state_dict() == straight.labeled_stream.state_dict()
+    straight.close()
+    resumed.close()
+
+
 def test_train_streams_with_workers(tmp_path):
     root = _cityscapes(tmp_path / "cs")
-    assert main(["train", "--set", "dataset=cityscapes", f"data_root={root}", "workers=2", *RUN,
-                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "--set", "dataset=cityscapes", f"data_root={root}", "workers=2", "resize_height=20",
+                 "eval_flip=true", "bn_reestimate=2", *RUN, "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 3

@@ -70,3 +70,13 @@ def test_miou_against_a_hand_counted_confusion_matrix():
     assert iou[:3].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
     assert math.isnan(iou[3])
     assert mean_iou(confusion) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+
+
+def test_median_frequency_weights_when_most_classes_are_unseen():
+    # Cityscapes' first batch: 3 of 19 classes. The median over all is 0; over the seen ones it is 20.
+    counts = torch.zeros(19)
+    counts[[0, 10, 13]] = torch.tensor([80.0, 20.0, 5.0])
+    weights = median_frequency_weights(counts)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights[[0, 10, 13]], torch.tensor([math.sqrt(20 / 80), 1.0, 2.0]))
+    assert (weights[counts == 0] == 2.0).all()  # unseen classes: the largest weight

@@ -57,3 +57,11 @@ def test_study_name_with_a_path_separator_is_refused():
     for name in ("../x", "a/b", "", ".hidden"):
         with pytest.raises(ConfigError, match="study name"):
             StudySpec(name=name).validate()
+
+
+def test_trial_threads_leave_room_for_data_workers():
+    assert StudySpec(name="a", cpus_per_trial=4).base_config()["threads"] == 4
+    spec = StudySpec(name="b", cpus_per_trial=6, fixed={"dataset": "voc", "workers": 4})
+    assert spec.base_config()["threads"] == 2
+    assert StudySpec(name="c", cpus_per_trial=2, fixed={"workers": 4}).base_config()["threads"] == 1
+    assert StudySpec(name="d", cpus_per_trial=6, fixed={"workers": 4, "threads": 3}).base_config()["threads"] == 3

@@ -48,7 +48,11 @@ class TrainConfig:
     split_seed: int = _spec(0, "seed of the labeled/unlabeled split of a real dataset", low=0, high=2**31 - 1)
     labeled_fraction: float = _spec(1 / 20, "fraction of the training images that keep their labels",
                                     low=0.0, high=1.0, low_open=True)
-    image_size: int = _spec(321, "side of the square training crop, pixels", low=16, high=4096)
+    image_size: int = _spec(321, "side of the square training crop, pixels (digits: the side of a scene)",
+                            low=16, high=4096)
+    resize_height: int = _spec(0, "real datasets: rescale every image to this height (aspect kept) before "
+                               "cropping and scoring; labels are scored at their stored size (0 = as stored)",
+                               low=0, high=16384)
     batch_labeled: int = _spec(14, "labeled images per step", low=2, high=1024)
     batch_unlabeled: int = _spec(14, "unlabeled views per step (two strong views per image, so even)",
                                  low=2, high=1024)
@@ -57,8 +61,8 @@ class TrainConfig:
     seed: int = _spec(7, "seed of every random choice of the run", low=0, high=2**31 - 1)
     device: str = _spec("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
-    workers: int = _spec(0, "real datasets: threads that decode batches from disk (0: decode every image "
-                         "once into memory)", low=0, high=256)
+    workers: int = _spec(0, "real datasets: worker processes that decode batches from disk ahead of the "
+                         "trainer (0: decode every image once into memory)", low=0, high=256)
     amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
     channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
 
@@ -111,6 +115,8 @@ class TrainConfig:
     class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
     eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
     eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
+    eval_batch: int = _spec(1, "images per forward pass when scoring (real datasets: of one size only); "
+                            "1 as in the paper, whose images are scored whole", low=1, high=4096)
     bn_reestimate: int = _spec(0, "at the end, recompute the evaluated network's batch-norm statistics on this "
                                "many unlabeled batches (0 = off)", low=0, high=10**6)
 

@@ -102,6 +102,11 @@ class Trainer:
         self.bank = ClassMemoryBank(self.num_classes, cfg.bank_size, cfg.proj_dim, self.device)
         self.per_image = cfg.bank_per_image or max(1, round(cfg.bank_size / len(self.data.labeled)))
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
+        # Real datasets seed each batch from these keys, so worker processes can decode ahead.
+        self.labeled_stream = self.data.labeled.stream(cfg.batch_labeled, generator=self.data_generator,
+                                                       key=f"{cfg.seed}/labeled")
+        self.unlabeled_stream = self.data.unlabeled.stream(cfg.batch_unlabeled // 2, generator=self.data_generator,
+                                                           key=f"{cfg.seed}/unlabeled")
         self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.class_counts = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
         self.iteration = 0
@@ -132,7 +137,7 @@ class Trainer:
 
         # 2. Unlabeled images: the teacher's pseudo-labels, then two strong views of each.
         if uses_unlabeled:
-            images_u = self.data.unlabeled.sample(cfg.batch_unlabeled // 2, self.data_generator)[0].to(self.device)
+            images_u = self._on_device(*self.unlabeled_stream.next())[0]
             with torch.no_grad():
                 logits_t = self._teacher_logits(images_u)
                 confidence, pseudo = logits_t.softmax(dim=1).max(dim=1)
@@ -156,7 +161,7 @@ class Trainer:
 
         # 3. The teacher fills the memory bank from labeled pixels it predicts right, confidently.
         # Domain adaptation alternates source and target batches; only the target fills the bank.
-        from_target = getattr(self.data.labeled, "last_is_target", True)
+        from_target = getattr(self.labeled_stream, "last_is_target", True)
         if uses_bank and from_target and it >= cfg.ramp_up - cfg.bank_lead:
             self._update_bank(images_l, labels_l)
 
@@ -193,8 +198,7 @@ class Trainer:
 
     # --- parts of the step ----------------------------------------------------------------
     def _labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.data.labeled.sample(self.cfg.batch_labeled, self.data_generator)
-        images, labels = images.to(self.device), labels.to(self.device)
+        images, labels = self._on_device(*self.labeled_stream.next())
         mix = torch.rand(len(images), generator=self.aug_generator, device=self.device) < self.cfg.labeled_classmix_prob
         mask = classmix_masks(labels, self.num_classes, mix, self.aug_generator, self.data.has_background,
                               self.cfg.official_classmix_count)
@@ -202,6 +206,14 @@ class Trainer:
         images, labels, _ = geometry(images, labels, None, self.weak, self.aug_generator)
         images = colour_jitter(images, self.weak, self.aug_generator)
         return images, labels
+
+    def _on_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the training device: images float in [0, 1], labels long (real datasets
+        ship uint8 of both, and pinned memory on CUDA, so the copy overlaps)."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return images, labels.to(self.device, non_blocking=True).long()
 
     def _strong_view(self, images: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, mix: bool
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,7 +303,13 @@ class Trainer:
                 last = self.evaluation("val")
                 if on_evaluation is not None:
                     on_evaluation(last, self)
+        self.close()
         return last
+
+    def close(self) -> None:
+        """Stop the data streams' worker processes (a later step starts them again)."""
+        self.labeled_stream.close()
+        self.unlabeled_stream.close()
 
     @torch.no_grad()
     def reestimate_batch_norm(self, batches: int) -> None:
@@ -310,22 +328,25 @@ class Trainer:
         net.train()
         # Its own generator: re-estimating must not shift the training stream of a resumed run.
         generator = torch.Generator().manual_seed(self.cfg.seed + 2)
+        stream = self.data.unlabeled.stream(self.cfg.batch_unlabeled, generator=generator, key=f"{self.cfg.seed}/bn")
         for _ in range(batches):
-            net(self.data.unlabeled.sample(self.cfg.batch_unlabeled, generator)[0].to(self.device))
+            net(self._on_device(*stream.next())[0])
+        stream.close()
         net.train(was_training)
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str = "val", model: str | None = None, batch: int = 64) -> tuple[float, list[float]]:
-        """mIoU and per-class IoU on ``split`` ('val' or 'test') of the teacher or the student."""
+    def evaluate(self, split: str = "val", model: str | None = None) -> tuple[float, list[float]]:
+        """mIoU and per-class IoU on ``split`` ('val' or 'test') of the teacher or the student,
+        every labeled pixel at the labels' own resolution."""
         net = {"teacher": self.teacher, "student": self.student}[model or self.cfg.eval_model]
         was_training = net.training
         net.eval()
         confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        for images, labels in self.data.split(split).batches(batch):
-            images, labels = images.to(self.device), labels.to(self.device)
+        for images, labels in self.data.split(split).batches(self.cfg.eval_batch):
+            images, labels = self._on_device(images, labels)
             logits = net(images)[0]
             if self.cfg.eval_flip:
                 logits = logits + net(images.flip(-1))[0].flip(-1)
@@ -365,6 +386,7 @@ class Trainer:
             "data_generator": self.data_generator.get_state(),
             "aug_generator": self.aug_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "streams": {"labeled": self.labeled_stream.state_dict(), "unlabeled": self.unlabeled_stream.state_dict()},
             "loss_sums": self._loss_sums.clone(),
             "loss_steps": self._loss_steps,
         }
@@ -387,6 +409,9 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"])
         self.aug_generator.set_state(state["aug_generator"])
         torch.set_rng_state(state["torch_rng"])
+        if "streams" in state:  # checkpoints from before streams had a state: digits runs, whose is empty
+            self.labeled_stream.load_state_dict(state["streams"]["labeled"])
+            self.unlabeled_stream.load_state_dict(state["streams"]["unlabeled"])
         self.iteration = state["iteration"]
         self.train_seconds = state["train_seconds"]
         self._loss_sums = state["loss_sums"].clone()

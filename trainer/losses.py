@@ -59,7 +59,12 @@ def entropy_term(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def median_frequency_weights(frequencies: torch.Tensor) -> torch.Tensor:
     """sqrt(median / frequency) per class; classes never seen get the largest weight."""
     freq = frequencies.double()
-    weights = freq.quantile(0.5) / freq  # numpy's median: the mean of the two middle values
+    median = freq.quantile(0.5)  # numpy's median: the mean of the two middle values
+    if median == 0 and bool((freq > 0).any()):
+        # More than half the classes unseen (a first batch of Cityscapes' 19): the median over
+        # all would zero every weight and the loss would be 0/0; take it over the seen classes.
+        median = freq[freq > 0].quantile(0.5)
+    weights = median / freq
     finite = torch.isfinite(weights)
     fallback = weights[finite].max() if bool(finite.any()) else torch.tensor(1.0, dtype=freq.dtype)
     weights = torch.where(finite, weights, fallback)

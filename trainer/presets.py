@@ -21,6 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_unlabeled": 8,
         "iterations": 2000,
         "eval_every": 250,
+        "eval_batch": 64,
         "lr": 0.01,
         "ramp_up": 500,
         "bank_lead": 250,
@@ -36,10 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # PASCAL VOC 2012 with SBD: the paper's values as they are.
     "voc": {"dataset": "voc"},
-    # Cityscapes: 1/8 of the images labeled, class balancing as in the paper.
+    # Cityscapes: 1/8 of the images labeled, class balancing as in the paper; 2048x1024
+    # images halved to 1024x512 as the paper's and cut into 512x512 crops.
     "cityscapes": {"dataset": "cityscapes", "class_balance": "running", "labeled_fraction": 1 / 8,
-                   "image_size": 512},
-    "gta5_cityscapes": {"dataset": "gta5_cityscapes", "class_balance": "running", "image_size": 512},
+                   "image_size": 512, "resize_height": 512},
+    "gta5_cityscapes": {"dataset": "gta5_cityscapes", "class_balance": "running", "image_size": 512,
+                        "resize_height": 512},
 }
 
 

@@ -1,14 +1,16 @@
 """Datasets as the trainer sees them: a labeled pool, an unlabeled pool, val and test.
 
-``build_data(cfg)`` is the one entry point. Every dataset becomes a ``SegmentationData``
-whose splits hand out batches drawn with a ``torch.Generator`` that the trainer owns
-(so a checkpoint can save the sampling state and a resume draws the same batches).
+``build_data(cfg)`` is the one entry point. Every dataset becomes a ``SegmentationData``:
+its training pools hand the trainer resumable batch streams (``pool.stream(...)``, see
+``trainer.data.stream``), its val and test splits yield batches to score
+(``split.batches(n)``). The embedded digits live in memory as ``Split``; the real datasets
+are ``trainer.data.pools``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -36,18 +38,38 @@ class Split:
         for start in range(0, len(self), batch):
             yield self.images[start:start + batch], self.labels[start:start + batch].long()
 
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> Any:
+        """Batches drawn with the trainer's ``generator`` (whose state its checkpoint saves)."""
+        from trainer.data.stream import GeneratorStream
+
+        return GeneratorStream(self, batch, generator)
+
+
+class TrainingPool(Protocol):
+    """Where training batches come from: ``stream`` gives a ``trainer.data.stream.BatchStream``."""
+
+    def __len__(self) -> int: ...
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> Any: ...
+
+
+class EvaluationSplit(Protocol):
+    """Images (float in [0,1] or uint8) and labels of val or test, ``batch`` at a time at most."""
+
+    def __len__(self) -> int: ...
+    def batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
 
 @dataclass
 class SegmentationData:
-    labeled: Split
-    unlabeled: Split          # its labels are kept only for diagnostics, never trained on
-    val: Split
-    test: Split
+    labeled: TrainingPool
+    unlabeled: TrainingPool   # its labels are kept only for diagnostics, never trained on
+    val: EvaluationSplit
+    test: EvaluationSplit
     num_classes: int
     class_names: tuple[str, ...]
     has_background: bool      # class 0 is background (ClassMix then never pastes it)
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> EvaluationSplit:
         if name not in ("val", "test"):
             raise ValueError(f"evaluation split {name!r}: expected 'val' or 'test'")
         return getattr(self, name)

@@ -7,6 +7,7 @@ label map of another size than its image, or a label value no class has. Each is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,11 @@ def _open(path: Path, what: str):  # noqa: ANN202 - a PIL image
     return image
 
 
-def read_pair(image_path: Path, label_path: Path, num_classes: int, size: int,
+def read_pair(image_path: Path, label_path: Path, num_classes: int,
               mapping: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image [3,size,size] in [0,1] and its labels [size,size] uint8 (255 = ignore).
+    """An image [3,H,W] uint8 and its train-id labels [H,W] uint8 (255 = ignore), at their stored size.
 
     ``mapping`` (256 entries) turns stored ids into train ids (Cityscapes labelIds).
-    Both are resized to ``size`` x ``size`` (bilinear and nearest) so that a split fits in
-    one tensor: this loader keeps data in memory, for small trees and subsets.
     """
     image = np.asarray(_open(image_path, "image").convert("RGB"))
     label_image = _open(label_path, "label map")
@@ -55,11 +54,54 @@ def read_pair(image_path: Path, label_path: Path, num_classes: int, size: int,
     if bad.any():
         raise ConfigError(f"label map {label_path} holds class {int(labels[bad][0])}, outside 0..{num_classes - 1} "
                           f"(and {IGNORE} = ignore)")
-    pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255)[None]
-    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)[0]
-    target = torch.from_numpy(labels).float()[None, None]
-    target = F.interpolate(target, size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
-    return pixels, target
+    return (torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
+            torch.from_numpy(labels.astype(np.uint8)))
+
+
+def resize_image(image: torch.Tensor, height: int) -> torch.Tensor:
+    """A uint8 image [3,H,W] resized (bilinear) to ``height`` rows, its aspect ratio kept."""
+    width = max(1, round(image.shape[2] * height / image.shape[1]))
+    resized = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label map [H,W] resized to ``size`` by nearest neighbour (class ids are not blended)."""
+    return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The (image, label map) files of one split and how to decode them.
+
+    ``load(i)`` gives image ``i`` resized to ``resize_height`` rows (0: as stored) and its
+    labels at the same size, or at their stored size with ``native_labels`` (evaluation
+    scores every stored label pixel).
+    """
+
+    pairs: tuple[tuple[Path, Path], ...]
+    num_classes: int
+    mapping: np.ndarray | None = None
+    resize_height: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def check_exist(self) -> None:
+        """Fail now, naming the file, rather than hours into a run."""
+        for image, label in self.pairs:
+            for path, what in ((image, "image"), (label, "label map")):
+                if not path.is_file():
+                    raise ConfigError(f"{what} {path} does not exist; check data_root and the split list")
+
+    def load(self, index: int, native_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = read_pair(*self.pairs[index], self.num_classes, self.mapping)
+        if self.resize_height and self.resize_height != image.shape[1]:
+            image = resize_image(image, self.resize_height)
+            if not native_labels:
+                labels = resize_labels(labels, tuple(image.shape[1:]))
+        return image, labels
 
 
 def read_list(path: Path) -> list[str]:

@@ -13,10 +13,11 @@ Layouts under ``data_root``:
 The paper reports on the val split; a study selects on val and retrain scores on test, so
 the official val list is cut in two halves by a fixed seed: val and test.
 
-Images are resized to ``image_size`` squared. With ``workers`` = 0 a split is decoded once
-into memory (small trees, subsets); with ``workers`` > 0 it is read from disk batch by
-batch by that many decoding threads (``trainer.data.stream``). Evaluation at full
-resolution is not built yet (see README).
+Training images are cut into random ``image_size`` crops at their stored resolution
+(``resize_height`` first rescales every image, as Cityscapes' 2048x1024 is halved in the
+paper); val and test are scored on whole images against the stored labels
+(``trainer.data.pools``). With ``workers`` = 0 each split is decoded once into memory (small
+trees, subsets); with ``workers`` > 0 it is read from disk by that many processes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ import torch
 
 from trainer.classes import CITYSCAPES_CLASSES, VOC_CLASSES
 from trainer.config import ConfigError, TrainConfig
-from trainer.data.files import IGNORE, read_list, read_pair
+from trainer.data import SegmentationData
+from trainer.data.files import IGNORE, ImageFiles, read_list
+from trainer.data.pools import CropPool, FullImages
 from trainer.data.splits import load_or_make, splits_root
+from trainer.data.stream import AlternatingStream
 
 # Cityscapes labelIds of the 19 evaluated classes, in train-id order; every other id is ignored.
 _LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
@@ -46,18 +50,21 @@ def _root(cfg: TrainConfig) -> Path:
     return root
 
 
-def _split(cfg: TrainConfig, files: list[tuple[Path, Path]], num_classes: int,
-           mapping: np.ndarray | None = None):  # noqa: ANN202 - a Split or a FileSplit
-    """In memory (decoded once), or with ``workers`` > 0 read from disk batch by batch."""
-    if cfg.workers:
-        from trainer.data.stream import FileSplit
+def _files(cfg: TrainConfig, pairs: list[tuple[Path, Path]], num_classes: int,
+           mapping: np.ndarray | None = None) -> ImageFiles:
+    return ImageFiles(tuple(pairs), num_classes, mapping, cfg.resize_height)
 
-        return FileSplit(files, num_classes, cfg.image_size, mapping, cfg.workers,
-                         pin_memory=cfg.device.startswith("cuda") and torch.cuda.is_available())
-    from trainer.data import Split
 
-    pairs = [read_pair(image, label, num_classes, cfg.image_size, mapping) for image, label in files]
-    return Split(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+def _pin(cfg: TrainConfig) -> bool:
+    return cfg.device != "cpu" and torch.cuda.is_available()
+
+
+def _train_pool(cfg: TrainConfig, files: ImageFiles) -> CropPool:
+    return CropPool(files, cfg.image_size, cfg.workers, _pin(cfg))
+
+
+def _eval_images(cfg: TrainConfig, files: ImageFiles) -> FullImages:
+    return FullImages(files, cfg.workers, _pin(cfg))
 
 
 def _halves(names: list[str]) -> tuple[list[str], list[str]]:
@@ -74,9 +81,8 @@ def _train_split(cfg: TrainConfig, names: list[str], dataset: str) -> tuple[list
                         cfg.labeled_list, cfg.unlabeled_list)
 
 
-def voc(cfg: TrainConfig):  # noqa: ANN201 - SegmentationData
-    from trainer.data import SegmentationData
-
+def voc(cfg: TrainConfig) -> SegmentationData:
+    """PASCAL VOC 2012 with the SBD labels: 21 classes, background first."""
     root = _root(cfg)
     lists = root / "ImageSets" / "Segmentation"
     train_list = lists / "train_aug.txt" if (lists / "train_aug.txt").is_file() else lists / "train.txt"
@@ -84,13 +90,14 @@ def voc(cfg: TrainConfig):  # noqa: ANN201 - SegmentationData
     if not labels.is_dir():
         labels = root / "SegmentationClass"
 
-    def load(ids: list[str]):  # noqa: ANN202
-        return _split(cfg, [(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png") for i in ids], len(VOC_CLASSES))
+    def files(ids: list[str]) -> ImageFiles:
+        return _files(cfg, [(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png") for i in ids], len(VOC_CLASSES))
 
     labeled, unlabeled = _train_split(cfg, read_list(train_list), "voc")
     val, test = _halves(read_list(lists / "val.txt"))
-    return SegmentationData(load(labeled), load(unlabeled), load(val), load(test), len(VOC_CLASSES), VOC_CLASSES,
-                            has_background=True)
+    return SegmentationData(_train_pool(cfg, files(labeled)), _train_pool(cfg, files(unlabeled)),
+                            _eval_images(cfg, files(val)), _eval_images(cfg, files(test)),
+                            len(VOC_CLASSES), VOC_CLASSES, has_background=True)
 
 
 def _cityscapes_names(root: Path, split: str) -> list[str]:
@@ -101,54 +108,47 @@ def _cityscapes_names(root: Path, split: str) -> list[str]:
     return names
 
 
-def _cityscapes_loader(cfg: TrainConfig, root: Path, split: str):  # noqa: ANN202
-    def load(names: list[str]):  # noqa: ANN202
-        files = [(root / "leftImg8bit" / split / f"{n}_leftImg8bit.png",
-                  root / "gtFine" / split / f"{n}_gtFine_labelIds.png") for n in names]
-        return _split(cfg, files, len(CITYSCAPES_CLASSES), LABEL_ID_TO_TRAIN_ID)
-    return load
+def _cityscapes_files(cfg: TrainConfig, root: Path, split: str, names: list[str]) -> ImageFiles:
+    pairs = [(root / "leftImg8bit" / split / f"{n}_leftImg8bit.png",
+              root / "gtFine" / split / f"{n}_gtFine_labelIds.png") for n in names]
+    return _files(cfg, pairs, len(CITYSCAPES_CLASSES), LABEL_ID_TO_TRAIN_ID)
 
 
-def cityscapes(cfg: TrainConfig, root: Path | None = None):  # noqa: ANN201 - SegmentationData
-    from trainer.data import SegmentationData
-
+def cityscapes(cfg: TrainConfig, root: Path | None = None) -> SegmentationData:
+    """Cityscapes fine annotations, labelIds mapped to the 19 train ids."""
     root = root or _root(cfg)
     labeled, unlabeled = _train_split(cfg, _cityscapes_names(root, "train"), "cityscapes")
     val, test = _halves(_cityscapes_names(root, "val"))
-    train, evaluate = _cityscapes_loader(cfg, root, "train"), _cityscapes_loader(cfg, root, "val")
-    return SegmentationData(train(labeled), train(unlabeled), evaluate(val), evaluate(test), len(CITYSCAPES_CLASSES),
-                            CITYSCAPES_CLASSES, has_background=False)
+    return SegmentationData(_train_pool(cfg, _cityscapes_files(cfg, root, "train", labeled)),
+                            _train_pool(cfg, _cityscapes_files(cfg, root, "train", unlabeled)),
+                            _eval_images(cfg, _cityscapes_files(cfg, root, "val", val)),
+                            _eval_images(cfg, _cityscapes_files(cfg, root, "val", test)),
+                            len(CITYSCAPES_CLASSES), CITYSCAPES_CLASSES, has_background=False)
 
 
-class AlternatingSplit:
-    """Labeled batches from the source (GTA5) and the target (Cityscapes) in turn, all run long.
+class AlternatingPool:
+    """Labeled images of the source (GTA5) and the target (Cityscapes), drawn in turn all run long."""
 
-    ``last_is_target`` says where the latest batch came from: the memory bank is filled from
-    the target domain only.
-    """
-
-    def __init__(self, source, target) -> None:  # noqa: ANN001 - Splits
+    def __init__(self, source: CropPool, target: CropPool) -> None:
         self.source, self.target = source, target
-        self.last_is_target = True
-        self._calls = 0
 
     def __len__(self) -> int:
         return len(self.target)  # the bank's per-image budget is over the target's labeled images
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        self.last_is_target = self._calls % 2 == 1
-        self._calls += 1
-        return (self.target if self.last_is_target else self.source).sample(batch, generator)
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> AlternatingStream:
+        return AlternatingStream(self.source.stream(batch, generator=generator, key=f"{key}/source"),
+                                 self.target.stream(batch, generator=generator, key=f"{key}/target"))
 
 
-def gta5_cityscapes(cfg: TrainConfig):  # noqa: ANN201 - SegmentationData
+def gta5_cityscapes(cfg: TrainConfig) -> SegmentationData:
+    """Semi-supervised domain adaptation: labeled GTA5, and Cityscapes as ``cityscapes`` gives it."""
     root = _root(cfg)
     gta = root / "gta5"
     names = sorted(p.stem for p in (gta / "images").glob("*.png"))
     if not names:
         raise ConfigError(f"no images in {gta / 'images'}: expected {gta}/images/<n>.png and {gta}/labels/<n>.png")
-    source = _split(cfg, [(gta / "images" / f"{n}.png", gta / "labels" / f"{n}.png") for n in names],
+    source = _files(cfg, [(gta / "images" / f"{n}.png", gta / "labels" / f"{n}.png") for n in names],
                     len(CITYSCAPES_CLASSES), LABEL_ID_TO_TRAIN_ID)
-    target = cityscapes(cfg, root / "cityscapes")
-    target.labeled = AlternatingSplit(source, target.labeled)
-    return target
+    data = cityscapes(cfg, root / "cityscapes")
+    data.labeled = AlternatingPool(_train_pool(cfg, source), data.labeled)
+    return data

@@ -1,0 +1,103 @@
+"""The images of a real dataset as the trainer uses them: random crops to train, full images to score.
+
+Images vary in size (VOC) or are large (Cityscapes), so neither pool resizes them to a
+square. ``CropPool`` hands out random ``size`` x ``size`` crops at the stored resolution
+(padded with the mean colour and the ignore label where an image is smaller), and zoom,
+shift and flips then run on the training device, in batch (``trainer.data.augment``).
+``FullImages`` yields whole images with their labels at the stored resolution: the
+evaluation scores every labeled pixel, as the paper does.
+
+Both hand out uint8 images and labels (a quarter and an eighth of the bytes of float and
+long) and both either decode every image once into memory (``workers`` = 0: small trees,
+subsets) or read from disk as they go, in ``workers`` processes (``trainer.data.stream``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from trainer.data.files import IGNORE, ImageFiles
+from trainer.data.stream import SeededStream, load_in_workers
+from trainer.models import IMAGE_MEAN
+
+# The padding colour: the mean, which the network's normalisation turns into zeros.
+PAD_COLOUR = torch.tensor([round(255 * m) for m in IMAGE_MEAN], dtype=torch.uint8)
+
+
+class CropPool:
+    """Training images (labeled or not) of a real dataset, sampled as random square crops."""
+
+    def __init__(self, files: ImageFiles, size: int, workers: int = 0, pin_memory: bool = False) -> None:
+        self.files, self.size, self.workers, self.pin_memory = files, size, workers, pin_memory
+        if workers:
+            files.check_exist()
+            self._memory = None
+        else:
+            self._memory = [files.load(i) for i in range(len(files))]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._memory[index] if self._memory is not None else self.files.load(index)
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch`` random crops: images [B,3,S,S] and labels [B,S,S], both uint8."""
+        index = torch.randint(len(self), (batch,), generator=generator).tolist()
+        corners = torch.rand(batch, 2, generator=generator).tolist()
+        s = self.size
+        images = PAD_COLOUR[None, :, None, None].repeat(batch, 1, s, s)
+        labels = torch.full((batch, s, s), IGNORE, dtype=torch.uint8)
+        for slot, (i, (u, v)) in enumerate(zip(index, corners)):
+            image, label = self._image(i)
+            height, width = label.shape
+            top, left = int(u * (max(height - s, 0) + 1)), int(v * (max(width - s, 0) + 1))
+            crop = label[top:top + s, left:left + s]
+            h, w = crop.shape
+            labels[slot, :h, :w] = crop
+            images[slot, :, :h, :w] = image[:, top:top + s, left:left + s]
+        return images, labels
+
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> SeededStream:
+        """Batch k of the stream is ``sample`` on a generator seeded by (``key``, k): worker
+        processes can decode ahead, and a resume needs only k."""
+        del generator  # the trainer's generator is for in-memory splits; this stream seeds each batch
+        return SeededStream(self, batch, key, self.workers, self.pin_memory)
+
+
+class FullImages:
+    """Val or test images at their stored resolution, for ``Trainer.evaluate``."""
+
+    def __init__(self, files: ImageFiles, workers: int = 0, pin_memory: bool = False) -> None:
+        self.files, self.workers, self.pin_memory = files, workers, pin_memory
+        if workers:
+            files.check_exist()
+            self._memory = None
+        else:
+            self._memory = [files.load(i, native_labels=True) for i in range(len(files))]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.files.load(index, native_labels=True)
+
+    def batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Up to ``batch`` consecutive images of one size per batch (1 when sizes vary, as in VOC)."""
+        items = iter(self._memory) if self._memory is not None else load_in_workers(
+            self, self.workers, self.pin_memory)
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for image, labels in items:
+            if group and (len(group) == batch or group[0][0].shape != image.shape
+                          or group[0][1].shape != labels.shape):
+                yield _stack(group)
+                group = []
+            group.append((image, labels))
+        if group:
+            yield _stack(group)
+
+
+def _stack(group: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group])
