@@ -71,10 +71,13 @@ def _gta5(root: Path, count: int = 4) -> Path:
     return root
 
 
-def _cfg(dataset: str, root: Path, **changes) -> TrainConfig:
+def _run_values() -> dict:
     values = dict(item.split("=", 1) for item in RUN)
-    values = {k: json.loads(v) if v[0].isdigit() else v for k, v in values.items()}
-    return TrainConfig.from_dict({"dataset": dataset, "data_root": str(root), **values, **changes})
+    return {k: json.loads(v) if v[0].isdigit() else v for k, v in values.items()}
+
+
+def _cfg(dataset: str, root: Path, **changes) -> TrainConfig:
+    return TrainConfig.from_dict({"dataset": dataset, "data_root": str(root), **_run_values(), **changes})
 
 
 def test_cityscapes_label_ids_map_to_the_19_train_ids():
@@ -301,3 +304,23 @@ def test_train_streams_with_workers(tmp_path):
     assert main(["train", "--set", "dataset=cityscapes", f"data_root={root}", "workers=2", "resize_height=20",
                  "eval_flip=true", "bn_reestimate=2", *RUN, "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 3
+
+
+def test_a_study_runs_on_a_real_layout_with_loading_processes(ray_local, tmp_path):
+    from study.run import run_study
+    from study.spec import StudySpec
+    from study.store import ResultStore
+
+    root = _cityscapes(tmp_path / "cs")
+    space = tmp_path / "space.yaml"
+    space.write_text("paper_point: {lr: 0.01}\nparams:\n  lr: {type: float, low: 0.001, high: 0.1, log: true}\n")
+    fixed = {**_run_values(), "dataset": "cityscapes", "data_root": str(root), "workers": 1, "eval_every": 2}
+    del fixed["iterations"]  # the study's budget
+    spec = StudySpec(name="cs", space=str(space), samples=2, max_iters=4, grace=2, scheduler="fifo",
+                     concurrency=2, fixed=fixed, seed=0)
+    run_study(spec, tmp_path / "studies", progress=False, say=lambda _: None)
+    trials = ResultStore(tmp_path / "studies" / "cs", "cs").trials().to_pylist()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}, trials
+    reports = ResultStore(tmp_path / "studies" / "cs", "cs").reports().to_pylist()
+    assert sorted(r["iteration"] for r in reports) == [2, 2, 4, 4]
+    assert {r["config.dataset"] for r in reports} == {"cityscapes"} and {r["config.workers"] for r in reports} == {1}
