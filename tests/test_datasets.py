@@ -183,6 +183,26 @@ def test_users_own_split_lists_are_used(tmp_path):
         build_data(_cfg("voc", root, labeled_list=str(mine)))
 
 
+def test_split_lists_in_other_code_bases_formats_are_read():
+    from trainer.data.splits import list_name
+
+    assert list_name("JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png") == "2007_000032"
+    assert list_name("2007_000032") == "2007_000032"
+    assert list_name("leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png "
+                     "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png") == "aachen/aachen_000000_000019"
+
+
+def test_a_cityscapes_list_written_for_another_code_base_selects_those_images(tmp_path):
+    root = _cityscapes(tmp_path / "cs")
+    mine = tmp_path / "labeled.txt"
+    mine.write_text("leftImg8bit/train/bremen/bremen_000000_000019_leftImg8bit.png gtFine/train/bremen/x.png\n"
+                    "leftImg8bit/train/aachen/aachen_000003_000019_leftImg8bit.png gtFine/train/aachen/y.png\n")
+    data = build_data(_cfg("cityscapes", root, labeled_list=str(mine)))
+    assert [p[0].name for p in data.labeled.files.pairs] == ["bremen_000000_000019_leftImg8bit.png",
+                                                             "aachen_000003_000019_leftImg8bit.png"]
+    assert len(data.unlabeled) == 4
+
+
 def test_cityscapes_tree_maps_label_ids(tmp_path):
     data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), labeled_fraction=0.5, image_size=24))
     assert data.num_classes == 19 and not data.has_background

@@ -38,8 +38,9 @@ def load_or_make(names: list[str], root: Path, dataset: str, fraction: float, se
                  labeled_list: str = "", unlabeled_list: str = "") -> tuple[list[str], list[str]]:
     """The user's lists if given, else the stored lists of (fraction, seed), made on first use."""
     if labeled_list:
-        labeled = read_list(Path(labeled_list))
-        unlabeled = read_list(Path(unlabeled_list)) if unlabeled_list else sorted(set(names) - set(labeled)) or labeled
+        labeled = [list_name(line) for line in read_list(Path(labeled_list))]
+        unlabeled = ([list_name(line) for line in read_list(Path(unlabeled_list))] if unlabeled_list
+                     else sorted(set(names) - set(labeled)) or labeled)
         return _known(names, labeled, labeled_list), _known(names, unlabeled, unlabeled_list or labeled_list)
     folder = split_folder(root, dataset, fraction, seed)
     if (folder / "labeled.txt").is_file():
@@ -52,6 +53,22 @@ def load_or_make(names: list[str], root: Path, dataset: str, fraction: float, se
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(folder / name)
     return labeled, unlabeled
+
+
+# What other code bases write in their split lists around the name (UniMatch, for one, writes
+# "JPEGImages/ID.jpg SegmentationClass/ID.png" or "leftImg8bit/train/CITY/NAME_leftImg8bit.png ...").
+_PREFIXES = ("JPEGImages/", "leftImg8bit/train/", "images/")
+_SUFFIXES = ("_leftImg8bit.png", ".jpg", ".png")
+
+
+def list_name(line: str) -> str:
+    """The image name of a split-list line: a bare name, or the image path (first column) of another layout's list."""
+    name = line.split()[0].lstrip("/")
+    for prefix in _PREFIXES:
+        name = name.removeprefix(prefix)
+    for suffix in _SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _known(names: list[str], listed: list[str], path: str | Path) -> list[str]:
