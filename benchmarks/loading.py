@@ -61,8 +61,7 @@ def _labels(rng: np.random.Generator) -> np.ndarray:
 
 def measure(root: Path, workers: int, batches: int, step: float) -> dict[str, float]:
     cfg = TrainConfig.from_dict({"dataset": "cityscapes", "data_root": str(root), "workers": workers,
-                                 "labeled_fraction": 1.0, "network": "small", "pretrained": "none",
-                                 "batch_labeled": 5})
+                                 "labeled_fraction": 1.0, "network": "small", "pretrained": "none"})
     started = time.perf_counter()
     data = build_data(cfg)
     build = time.perf_counter() - started

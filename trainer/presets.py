@@ -38,11 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PASCAL VOC 2012 with SBD: the paper's values as they are.
     "voc": {"dataset": "voc"},
     # Cityscapes: 1/8 of the images labeled, class balancing as in the paper; 2048x1024
-    # images halved to 1024x512 as the paper's and cut into 512x512 crops.
+    # images halved to 1024x512 and cut into 512x512 crops; the official configs' batch of
+    # 5 labeled images and 2 unlabeled ones (4 views).
     "cityscapes": {"dataset": "cityscapes", "class_balance": "running", "labeled_fraction": 1 / 8,
-                   "image_size": 512, "resize_height": 512},
+                   "image_size": 512, "resize_height": 512, "batch_labeled": 5, "batch_unlabeled": 4},
     "gta5_cityscapes": {"dataset": "gta5_cityscapes", "class_balance": "running", "image_size": 512,
-                        "resize_height": 512},
+                        "resize_height": 512, "batch_labeled": 5, "batch_unlabeled": 4},
 }
 
 
