@@ -142,12 +142,34 @@ def test_voc_tree_loads_with_its_classes_ignore_label_and_split_files(tmp_path):
 def test_images_smaller_than_the_crop_are_padded_with_the_mean_and_ignored(tmp_path):
     from trainer.data.pools import PAD_COLOUR
 
-    data = build_data(_cfg("voc", _voc(tmp_path / "voc"), image_size=40))
-    images, labels = data.unlabeled.stream(3, generator=torch.Generator(), key="k").next()
+    data = build_data(_cfg("voc", _voc(tmp_path / "voc"), image_size=40, labeled_fraction=0.5))
+    images, labels = data.labeled.stream(3, generator=torch.Generator(), key="k").next()
     assert images.shape == (3, 3, 40, 40)
     assert (labels[:, H:, :] == 255).all() and (labels[:, :, W:] == 255).all()
     assert (labels[:, 1:H, :W] != 255).all()  # the image itself, its ignored border row aside
     assert torch.equal(images[:, :, H:, :], PAD_COLOUR[None, :, None, None].expand(3, 3, 40 - H, 40))
+    # Unlabeled crops: 255 marks the padding only (the VOC border row is a label, unseen here).
+    _, padding = data.unlabeled.stream(3, generator=torch.Generator(), key="k").next()
+    assert (padding[:, :H, :W] == 0).all() and (padding[:, H:] == 255).all() and (padding[:, :, W:] == 255).all()
+
+
+def test_unlabeled_images_need_no_label_maps_and_get_no_pseudo_labels_on_padding(tmp_path):
+    from trainer.fit import Trainer
+
+    root = _voc(tmp_path / "voc")
+    cfg = _cfg("voc", root, image_size=40, labeled_fraction=0.25)
+    names = (root / "splits" / "voc" / "0.25_0" / "unlabeled.txt")
+    build_data(cfg)
+    for name in names.read_text().split():
+        (root / "SegmentationClassAug" / f"{name}.png").unlink()
+    for workers in (0, 1):
+        trainer = Trainer(cfg.replace(workers=workers))
+        images, padding = trainer._on_device(*trainer.unlabeled_stream.next())
+        pseudo, confidence = trainer._pseudo_labels(images, padding == 255)
+        assert (pseudo[:, H:] == 255).all() and (confidence[:, :, W:] == 0).all()
+        assert (pseudo[:, :H, :W] != 255).all() and (confidence[:, :H, :W] > 0).all()
+        trainer.train_step()
+        trainer.close()
 
 
 def test_evaluation_groups_images_of_one_size_only(tmp_path):
@@ -239,24 +261,25 @@ def _fails(argv: list[str], capsys, text: str) -> None:
 def test_bad_files_are_named(tmp_path, capsys):
     root = _voc(tmp_path / "voc")
     args = ["train", "--set", "dataset=voc", f"data_root={root}", *RUN, "--out", str(tmp_path / "run")]
-    label = root / "SegmentationClassAug" / "2007_000002.png"
 
     (root / "JPEGImages" / "2007_000001.jpg").unlink()
     _fails(args, capsys, "2007_000001.jpg")
     Image.fromarray(_picture(1)).save(root / "JPEGImages" / "2007_000001.jpg")
 
+    name = (root / "splits" / "voc" / "0.05_0" / "labeled.txt").read_text().split()[0]  # labeled: its map is read
+    label = root / "SegmentationClassAug" / f"{name}.png"
     bad = np.zeros((H, W), np.uint8)
     bad[3, 3] = 40
     _png(label, bad)
-    _fails(args, capsys, "2007_000002.png holds class 40")
+    _fails(args, capsys, f"{name}.png holds class 40")
 
     _png(label, np.zeros((H + 1, W), np.uint8))
     _fails(args, capsys, "is 32x25 but its image")
 
     label.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    _fails(args, capsys, "2007_000002.png is not a readable image")
+    _fails(args, capsys, f"{name}.png is not a readable image")
     label.unlink()
-    _fails(args, capsys, "2007_000002.png does not exist")
+    _fails(args, capsys, f"{name}.png does not exist")
 
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
     _fails(args, capsys, "val.txt is empty")
@@ -278,8 +301,8 @@ def test_worker_processes_give_the_same_batches_as_memory(tmp_path):
         b.close()
     for (xa, ya), (xb, yb) in zip(memory.val.batches(2), disk.val.batches(2), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    (root / "SegmentationClassAug" / "2007_000003.png").unlink()
-    with pytest.raises(ConfigError, match="2007_000003.png does not exist"):
+    (root / "SegmentationClassAug" / "2007_000010.png").unlink()  # a val image's
+    with pytest.raises(ConfigError, match="2007_000010.png does not exist"):
         build_data(_cfg("voc", root, workers=2))
 
 

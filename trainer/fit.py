@@ -137,10 +137,8 @@ class Trainer:
 
         # 2. Unlabeled images: the teacher's pseudo-labels, then two strong views of each.
         if uses_unlabeled:
-            images_u = self._on_device(*self.unlabeled_stream.next())[0]
-            with torch.no_grad():
-                logits_t = self._teacher_logits(images_u)
-                confidence, pseudo = logits_t.softmax(dim=1).max(dim=1)
+            images_u, padding_u = self._on_device(*self.unlabeled_stream.next())
+            pseudo, confidence = self._pseudo_labels(images_u, padding_u == IGNORE_INDEX)
             views = [self._strong_view(images_u, pseudo, confidence, mix=after_ramp_up) for _ in range(2)]
             images_v, pseudo_v, confidence_v = (torch.cat(t) for t in zip(*views))
 
@@ -225,6 +223,12 @@ class Trainer:
         images, pseudo, confidence = geometry(images, pseudo, confidence, self.strong, self.aug_generator)
         images = gaussian_blur(colour_jitter(images, self.strong, self.aug_generator), self.strong, self.aug_generator)
         return images, pseudo, confidence
+
+    @torch.no_grad()
+    def _pseudo_labels(self, images: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's classes and confidences; none on the padding of a crop smaller than its image."""
+        confidence, pseudo = self._teacher_logits(images).softmax(dim=1).max(dim=1)
+        return pseudo.masked_fill(padding, IGNORE_INDEX), confidence.masked_fill(padding, 0.0)
 
     def _teacher_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.teacher.train(self.cfg.official_teacher_train_mode)

@@ -62,7 +62,7 @@ class EvaluationSplit(Protocol):
 @dataclass
 class SegmentationData:
     labeled: TrainingPool
-    unlabeled: TrainingPool   # its labels are kept only for diagnostics, never trained on
+    unlabeled: TrainingPool   # its labels are never trained on (real datasets: 255 marks crop padding)
     val: EvaluationSplit
     test: EvaluationSplit
     num_classes: int

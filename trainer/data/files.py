@@ -88,12 +88,20 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def check_exist(self) -> None:
+    def check_exist(self, labels: bool = True) -> None:
         """Fail now, naming the file, rather than hours into a run."""
         for image, label in self.pairs:
-            for path, what in ((image, "image"), (label, "label map")):
+            for path, what in ((image, "image"), (label, "label map"))[:2 if labels else 1]:
                 if not path.is_file():
                     raise ConfigError(f"{what} {path} does not exist; check data_root and the split list")
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """Image ``index`` alone, resized: unlabeled images are never trained on their label maps."""
+        image = torch.from_numpy(np.asarray(_open(self.pairs[index][0], "image").convert("RGB")).copy())
+        image = image.permute(2, 0, 1).contiguous()
+        if self.resize_height and self.resize_height != image.shape[1]:
+            image = resize_image(image, self.resize_height)
+        return image
 
     def load(self, index: int, native_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = read_pair(*self.pairs[index], self.num_classes, self.mapping)

@@ -27,24 +27,37 @@ PAD_COLOUR = torch.tensor([round(255 * m) for m in IMAGE_MEAN], dtype=torch.uint
 
 
 class CropPool:
-    """Training images (labeled or not) of a real dataset, sampled as random square crops."""
+    """Training images of a real dataset, sampled as random square crops.
 
-    def __init__(self, files: ImageFiles, size: int, workers: int = 0, pin_memory: bool = False) -> None:
+    A labeled pool crops the label maps with the images. An unlabeled pool (``labeled``
+    False) never reads them: its "labels" only mark the padding (255) against the image (0),
+    so that the trainer can keep pseudo-labels off the padding without seeing a label.
+    """
+
+    def __init__(self, files: ImageFiles, size: int, workers: int = 0, pin_memory: bool = False,
+                 labeled: bool = True) -> None:
         self.files, self.size, self.workers, self.pin_memory = files, size, workers, pin_memory
+        self.labeled = labeled
         if workers:
-            files.check_exist()
+            files.check_exist(labels=labeled)
             self._memory = None
         else:
-            self._memory = [files.load(i) for i in range(len(files))]
+            self._memory = [self._load(i) for i in range(len(files))]
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.labeled:
+            return self.files.load(index)
+        image = self.files.load_image(index)
+        return image, torch.zeros(image.shape[1:], dtype=torch.uint8)
+
     def _image(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._memory[index] if self._memory is not None else self.files.load(index)
+        return self._memory[index] if self._memory is not None else self._load(index)
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch`` random crops: images [B,3,S,S] and labels [B,S,S], both uint8."""
+        """``batch`` random crops: images [B,3,S,S] and labels [B,S,S] (255 on padding), both uint8."""
         index = torch.randint(len(self), (batch,), generator=generator).tolist()
         corners = torch.rand(batch, 2, generator=generator).tolist()
         s = self.size

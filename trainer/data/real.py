@@ -59,8 +59,8 @@ def _pin(cfg: TrainConfig) -> bool:
     return cfg.device != "cpu" and torch.cuda.is_available()
 
 
-def _train_pool(cfg: TrainConfig, files: ImageFiles) -> CropPool:
-    return CropPool(files, cfg.image_size, cfg.workers, _pin(cfg))
+def _train_pool(cfg: TrainConfig, files: ImageFiles, labeled: bool = True) -> CropPool:
+    return CropPool(files, cfg.image_size, cfg.workers, _pin(cfg), labeled)
 
 
 def _eval_images(cfg: TrainConfig, files: ImageFiles) -> FullImages:
@@ -95,7 +95,7 @@ def voc(cfg: TrainConfig) -> SegmentationData:
 
     labeled, unlabeled = _train_split(cfg, read_list(train_list), "voc")
     val, test = _halves(read_list(lists / "val.txt"))
-    return SegmentationData(_train_pool(cfg, files(labeled)), _train_pool(cfg, files(unlabeled)),
+    return SegmentationData(_train_pool(cfg, files(labeled)), _train_pool(cfg, files(unlabeled), labeled=False),
                             _eval_images(cfg, files(val)), _eval_images(cfg, files(test)),
                             len(VOC_CLASSES), VOC_CLASSES, has_background=True)
 
@@ -120,7 +120,7 @@ def cityscapes(cfg: TrainConfig, root: Path | None = None) -> SegmentationData:
     labeled, unlabeled = _train_split(cfg, _cityscapes_names(root, "train"), "cityscapes")
     val, test = _halves(_cityscapes_names(root, "val"))
     return SegmentationData(_train_pool(cfg, _cityscapes_files(cfg, root, "train", labeled)),
-                            _train_pool(cfg, _cityscapes_files(cfg, root, "train", unlabeled)),
+                            _train_pool(cfg, _cityscapes_files(cfg, root, "train", unlabeled), labeled=False),
                             _eval_images(cfg, _cityscapes_files(cfg, root, "val", val)),
                             _eval_images(cfg, _cityscapes_files(cfg, root, "val", test)),
                             len(CITYSCAPES_CLASSES), CITYSCAPES_CLASSES, has_background=False)
