@@ -29,6 +29,14 @@ def test_network_loads_torchvision_weights_and_trains_a_step(network, make, tmp_
     logits, _ = trainer.student(torch.rand(1, 3, 33, 33))
     assert logits.shape[1] == 21
 
+    # As torchvision's ImageNet files are: no num_batches_tracked buffers; or saved from DataParallel.
+    old = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")
+    torch.save({f"module.{k}": v for k, v in weights.items()}, tmp_path / "parallel.pth")
+    for name in ("old.pth", "parallel.pth"):
+        net = build_model(cfg.replace(pretrained=str(tmp_path / name)), 21)
+        torch.testing.assert_close(net.backbone.layer4[2].bn3.running_var, weights["layer4.2.bn3.running_var"])
+
     del weights["layer2.0.conv1.weight"]
     torch.save(weights, tmp_path / "partial.pth")
     with pytest.raises(ConfigError, match="layer2.0.conv1.weight"):

@@ -98,7 +98,13 @@ def load_backbone(backbone: nn.Module, path: Path) -> None:
         raise ConfigError(f"pretrained = {str(path)!r} is not a readable torch state dict: {err}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"pretrained = {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
     own = backbone.state_dict()
+    # torchvision's ImageNet files predate batch norm's num_batches_tracked buffer.
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = sorted(k for k in own if k not in state)
     mismatched = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     if missing or mismatched:
