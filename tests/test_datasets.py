@@ -291,14 +291,16 @@ def test_worker_processes_give_the_same_batches_as_memory(tmp_path):
     root = _voc(tmp_path / "voc")
     memory = build_data(_cfg("voc", root, labeled_fraction=0.5))
     disk = build_data(_cfg("voc", root, labeled_fraction=0.5, workers=2))
+    children = len(multiprocessing.active_children())
     for pool in ("labeled", "unlabeled"):
         a = getattr(memory, pool).stream(3, generator=torch.Generator(), key="k")
         b = getattr(disk, pool).stream(3, generator=torch.Generator(), key="k")
         for _ in range(5):
             (xa, ya), (xb, yb) = a.next(), b.next()
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        assert len(multiprocessing.active_children()) >= 2  # decoded in worker processes
+        assert len(multiprocessing.active_children()) == children + 2  # decoded in two worker processes
         b.close()
+        assert len(multiprocessing.active_children()) == children  # and close() ends them
     for (xa, ya), (xb, yb) in zip(memory.val.batches(2), disk.val.batches(2), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     (root / "SegmentationClassAug" / "2007_000010.png").unlink()  # a val image's
