@@ -32,20 +32,26 @@ def _open(path: Path, what: str):  # noqa: ANN202 - a PIL image
     return image
 
 
+def read_image(path: Path) -> torch.Tensor:
+    """An RGB image [3,H,W] uint8, at its stored size."""
+    array = np.asarray(_open(path, "image").convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
 def read_pair(image_path: Path, label_path: Path, num_classes: int,
               mapping: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """An image [3,H,W] uint8 and its train-id labels [H,W] uint8 (255 = ignore), at their stored size.
 
     ``mapping`` (256 entries) turns stored ids into train ids (Cityscapes labelIds).
     """
-    image = np.asarray(_open(image_path, "image").convert("RGB"))
+    image = read_image(image_path)
     label_image = _open(label_path, "label map")
     if label_image.mode not in ("L", "P", "I", "I;16"):
         raise ConfigError(f"label map {label_path} has mode {label_image.mode}: expected one channel of class ids")
     labels = np.asarray(label_image).astype(np.int64)
-    if labels.shape != image.shape[:2]:
+    if labels.shape != image.shape[1:]:
         raise ConfigError(f"label map {label_path} is {labels.shape[1]}x{labels.shape[0]} but its image "
-                          f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+                          f"{image_path} is {image.shape[2]}x{image.shape[1]}")
     if mapping is not None:
         if labels.max() > 255 or labels.min() < 0:
             raise ConfigError(f"label map {label_path} holds id {labels.max()}, outside 0..255")
@@ -54,8 +60,7 @@ def read_pair(image_path: Path, label_path: Path, num_classes: int,
     if bad.any():
         raise ConfigError(f"label map {label_path} holds class {int(labels[bad][0])}, outside 0..{num_classes - 1} "
                           f"(and {IGNORE} = ignore)")
-    return (torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
-            torch.from_numpy(labels.astype(np.uint8)))
+    return image, torch.from_numpy(labels.astype(np.uint8))
 
 
 def resize_image(image: torch.Tensor, height: int) -> torch.Tensor:
@@ -95,20 +100,20 @@ class ImageFiles:
                 if not path.is_file():
                     raise ConfigError(f"{what} {path} does not exist; check data_root and the split list")
 
+    def _resized(self, image: torch.Tensor) -> torch.Tensor:
+        if self.resize_height and self.resize_height != image.shape[1]:
+            return resize_image(image, self.resize_height)
+        return image
+
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` alone, resized: unlabeled images are never trained on their label maps."""
-        image = torch.from_numpy(np.asarray(_open(self.pairs[index][0], "image").convert("RGB")).copy())
-        image = image.permute(2, 0, 1).contiguous()
-        if self.resize_height and self.resize_height != image.shape[1]:
-            image = resize_image(image, self.resize_height)
-        return image
+        return self._resized(read_image(self.pairs[index][0]))
 
     def load(self, index: int, native_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = read_pair(*self.pairs[index], self.num_classes, self.mapping)
-        if self.resize_height and self.resize_height != image.shape[1]:
-            image = resize_image(image, self.resize_height)
-            if not native_labels:
-                labels = resize_labels(labels, tuple(image.shape[1:]))
+        image = self._resized(image)
+        if not native_labels and image.shape[1:] != labels.shape:
+            labels = resize_labels(labels, tuple(image.shape[1:]))
         return image, labels
 
 
