@@ -10,12 +10,15 @@ are ``trainer.data.pools``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import torch
 
 from trainer.cache import cache_key, cached_tensors
 from trainer.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.data.stream import BatchStream
 
 IGNORE_INDEX = 255
 
@@ -38,7 +41,7 @@ class Split:
         for start in range(0, len(self), batch):
             yield self.images[start:start + batch], self.labels[start:start + batch].long()
 
-    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> Any:
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> BatchStream:
         """Batches drawn with the trainer's ``generator`` (whose state its checkpoint saves)."""
         from trainer.data.stream import GeneratorStream
 
@@ -46,10 +49,10 @@ class Split:
 
 
 class TrainingPool(Protocol):
-    """Where training batches come from: ``stream`` gives a ``trainer.data.stream.BatchStream``."""
+    """Where training batches come from; ``key`` names the stream (real datasets seed its batches by it)."""
 
     def __len__(self) -> int: ...
-    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> Any: ...
+    def stream(self, batch: int, *, generator: torch.Generator, key: str) -> BatchStream: ...
 
 
 class EvaluationSplit(Protocol):
