@@ -94,9 +94,10 @@ class StudySpec:
         fixed = dict(DEFAULT_FIXED) if dataset == "digits" else {}
         fixed.update(self.fixed)
         fixed["iterations"] = self.max_iters
-        # The trial's CPUs are shared by torch's threads and the data-loading processes.
-        workers = fixed.get("workers", 0) if isinstance(fixed.get("workers", 0), int) else 0
-        fixed.setdefault("threads", max(1, int(self.cpus_per_trial) - workers))
+        # The trial's CPUs are shared by torch's threads and the data-loading processes
+        # (a workers value of the wrong type is TrainConfig's to refuse, with its own message).
+        workers = fixed.get("workers", 0)
+        fixed.setdefault("threads", max(1, int(self.cpus_per_trial) - (workers if isinstance(workers, int) else 0)))
         return fixed
 
     def to_dict(self) -> dict[str, Any]:

@@ -96,6 +96,10 @@ def test_splits_are_reproducible_disjoint_and_sized_by_the_fraction():
     assert len(make_split(names[:2975], 1 / 30, seed=0)[0]) == 99
 
 
+def _stream(pool, batch: int):  # noqa: ANN001, ANN202 - a training pool and its stream
+    return pool.stream(batch, generator=torch.Generator(), key="k")
+
+
 def _stored(root: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.from_numpy(np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")).copy())
     labels = torch.from_numpy(np.asarray(Image.open(root / "SegmentationClassAug" / f"{name}.png")).copy())
@@ -119,7 +123,7 @@ def test_voc_tree_loads_with_its_classes_ignore_label_and_split_files(tmp_path):
         (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()) - set(labeled))
 
     # Training batches are random crops at the stored resolution, not a resize of the image.
-    images, labels = data.labeled.stream(6, generator=torch.Generator(), key="k").next()
+    images, labels = _stream(data.labeled, 6).next()
     assert images.shape == (6, 3, 16, 16) and labels.shape == (6, 16, 16)
     assert images.dtype == labels.dtype == torch.uint8
     stored = [_stored(root, name) for name in labeled]
@@ -143,13 +147,13 @@ def test_images_smaller_than_the_crop_are_padded_with_the_mean_and_ignored(tmp_p
     from trainer.data.pools import PAD_COLOUR
 
     data = build_data(_cfg("voc", _voc(tmp_path / "voc"), image_size=40, labeled_fraction=0.5))
-    images, labels = data.labeled.stream(3, generator=torch.Generator(), key="k").next()
+    images, labels = _stream(data.labeled, 3).next()
     assert images.shape == (3, 3, 40, 40)
     assert (labels[:, H:, :] == 255).all() and (labels[:, :, W:] == 255).all()
     assert (labels[:, 1:H, :W] != 255).all()  # the image itself, its ignored border row aside
     assert torch.equal(images[:, :, H:, :], PAD_COLOUR[None, :, None, None].expand(3, 3, 40 - H, 40))
     # Unlabeled crops: 255 marks the padding only (the VOC border row is a label, unseen here).
-    _, padding = data.unlabeled.stream(3, generator=torch.Generator(), key="k").next()
+    _, padding = _stream(data.unlabeled, 3).next()
     assert (padding[:, :H, :W] == 0).all() and (padding[:, H:] == 255).all() and (padding[:, :, W:] == 255).all()
 
 
@@ -187,7 +191,7 @@ def test_evaluation_groups_images_of_one_size_only(tmp_path):
 
 def test_resize_height_scales_images_and_scores_stored_labels(tmp_path):
     data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), resize_height=12, image_size=16))
-    images, labels = data.labeled.stream(2, generator=torch.Generator(), key="k").next()
+    images, labels = _stream(data.labeled, 2).next()
     assert images.shape == (2, 3, 16, 16)
     assert (labels[:, 12:] == 255).all() and (labels[:, :12] != 255).any()  # 12 rows of image, then padding
     images, labels = next(iter(data.val.batches(1)))
@@ -228,14 +232,14 @@ def test_a_cityscapes_list_written_for_another_code_base_selects_those_images(tm
 def test_cityscapes_tree_maps_label_ids(tmp_path):
     data = build_data(_cfg("cityscapes", _cityscapes(tmp_path / "cs"), labeled_fraction=0.5, image_size=24))
     assert data.num_classes == 19 and not data.has_background
-    _, train = data.labeled.stream(8, generator=torch.Generator(), key="k").next()
+    _, train = _stream(data.labeled, 8).next()
     val = torch.cat([y.flatten() for _, y in data.val.batches(1)])
     assert set(torch.cat([train.flatten(), val]).tolist()) == {0, 10, 13, 255}  # road, sky, car, ego vehicle
 
 
 def test_gta5_and_cityscapes_alternate_and_only_the_target_fills_the_bank(tmp_path):
     data = build_data(_cfg("gta5_cityscapes", _gta5(tmp_path / "da"), labeled_fraction=0.5, image_size=24))
-    stream = data.labeled.stream(2, generator=torch.Generator(), key="k")
+    stream = _stream(data.labeled, 2)
     seen = []
     for _ in range(4):
         _, labels = stream.next()
@@ -293,8 +297,8 @@ def test_worker_processes_give_the_same_batches_as_memory(tmp_path):
     disk = build_data(_cfg("voc", root, labeled_fraction=0.5, workers=2))
     children = len(multiprocessing.active_children())
     for pool in ("labeled", "unlabeled"):
-        a = getattr(memory, pool).stream(3, generator=torch.Generator(), key="k")
-        b = getattr(disk, pool).stream(3, generator=torch.Generator(), key="k")
+        a = _stream(getattr(memory, pool), 3)
+        b = _stream(getattr(disk, pool), 3)
         for _ in range(5):
             (xa, ya), (xb, yb) = a.next(), b.next()
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -311,7 +315,7 @@ def test_worker_processes_give_the_same_batches_as_memory(tmp_path):
 def test_a_corrupt_file_met_in_a_worker_is_one_line_naming_it(tmp_path):
     root = _voc(tmp_path / "voc", train=2)
     (root / "SegmentationClassAug" / "2007_000001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    stream = build_data(_cfg("voc", root, workers=1)).labeled.stream(2, generator=torch.Generator(), key="k")
+    stream = _stream(build_data(_cfg("voc", root, workers=1)).labeled, 2)
     with pytest.raises(ConfigError, match="2007_000001.png is not a readable image") as caught:
         for _ in range(8):
             stream.next()

@@ -10,15 +10,13 @@ are ``trainer.data.pools``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import torch
 
 from trainer.cache import cache_key, cached_tensors
 from trainer.config import ConfigError, TrainConfig
-
-if TYPE_CHECKING:
-    from trainer.data.stream import BatchStream
+from trainer.data.stream import BatchStream, GeneratorStream
 
 IGNORE_INDEX = 255
 
@@ -43,8 +41,6 @@ class Split:
 
     def stream(self, batch: int, *, generator: torch.Generator, key: str) -> BatchStream:
         """Batches drawn with the trainer's ``generator`` (whose state its checkpoint saves)."""
-        from trainer.data.stream import GeneratorStream
-
         return GeneratorStream(self, batch, generator)
 
 

@@ -94,11 +94,12 @@ class ImageFiles:
         return len(self.pairs)
 
     def check_exist(self, labels: bool = True) -> None:
-        """Fail now, naming the file, rather than hours into a run."""
+        """Fail now, naming the file, rather than hours into a run (label maps too, unless told not)."""
         for image, label in self.pairs:
-            for path, what in ((image, "image"), (label, "label map"))[:2 if labels else 1]:
-                if not path.is_file():
-                    raise ConfigError(f"{what} {path} does not exist; check data_root and the split list")
+            if not image.is_file():
+                raise ConfigError(f"image {image} does not exist; check data_root and the split list")
+            if labels and not label.is_file():
+                raise ConfigError(f"label map {label} does not exist; check data_root and the split list")
 
     def _resized(self, image: torch.Tensor) -> torch.Tensor:
         if self.resize_height and self.resize_height != image.shape[1]:

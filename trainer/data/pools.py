@@ -14,7 +14,7 @@ subsets) or read from disk as they go, in ``workers`` processes (``trainer.data.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -24,6 +24,18 @@ from trainer.models import IMAGE_MEAN
 
 # The padding colour: the mean, which the network's normalisation turns into zeros.
 PAD_COLOUR = torch.tensor([round(255 * m) for m in IMAGE_MEAN], dtype=torch.uint8)
+
+Item = TypeVar("Item")
+
+
+def _decode_once(files: ImageFiles, workers: int, load: Callable[[int], Item], labels: bool = True
+                 ) -> list[Item] | None:
+    """``workers`` = 0: every item decoded into memory now. Else None, once the files are
+    known to exist (the worker processes decode them as they go)."""
+    if workers:
+        files.check_exist(labels)
+        return None
+    return [load(i) for i in range(len(files))]
 
 
 class CropPool:
@@ -38,22 +50,17 @@ class CropPool:
                  labeled: bool = True) -> None:
         self.files, self.size, self.workers, self.pin_memory = files, size, workers, pin_memory
         self.labeled = labeled
-        if workers:
-            files.check_exist(labels=labeled)
-            self._memory = None
-        else:
-            self._memory = [self._load(i) for i in range(len(files))]
+        self._memory = _decode_once(files, workers, self._load, labeled)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.labeled:
             return self.files.load(index)
-        image = self.files.load_image(index)
-        return image, torch.zeros(image.shape[1:], dtype=torch.uint8)
+        return self.files.load_image(index), None
 
-    def _image(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._memory[index] if self._memory is not None else self._load(index)
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,12 +72,12 @@ class CropPool:
         labels = torch.full((batch, s, s), IGNORE, dtype=torch.uint8)
         for slot, (i, (u, v)) in enumerate(zip(index, corners)):
             image, label = self._image(i)
-            height, width = label.shape
+            height, width = image.shape[1:]
             top, left = int(u * (max(height - s, 0) + 1)), int(v * (max(width - s, 0) + 1))
-            crop = label[top:top + s, left:left + s]
-            h, w = crop.shape
-            labels[slot, :h, :w] = crop
-            images[slot, :, :h, :w] = image[:, top:top + s, left:left + s]
+            crop = image[:, top:top + s, left:left + s]
+            h, w = crop.shape[1:]
+            images[slot, :, :h, :w] = crop
+            labels[slot, :h, :w] = 0 if label is None else label[top:top + s, left:left + s]
         return images, labels
 
     def stream(self, batch: int, *, generator: torch.Generator, key: str) -> SeededStream:
@@ -85,11 +92,7 @@ class FullImages:
 
     def __init__(self, files: ImageFiles, workers: int = 0, pin_memory: bool = False) -> None:
         self.files, self.workers, self.pin_memory = files, workers, pin_memory
-        if workers:
-            files.check_exist()
-            self._memory = None
-        else:
-            self._memory = [files.load(i, native_labels=True) for i in range(len(files))]
+        self._memory = _decode_once(files, workers, self.__getitem__)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -85,10 +85,9 @@ def _raise_failures(items: Iterator[Any]) -> Iterator[Any]:
 
 class SeededStream:
     def __init__(self, pool: Sampleable, batch: int, key: str, workers: int = 0, pin_memory: bool = False) -> None:
-        self.pool, self.batch, self.key = pool, batch, key
+        self._batches = _SeededBatches(pool, batch, key)
         self.workers, self.pin_memory = workers, pin_memory
         self.drawn = 0
-        self._batches = _SeededBatches(pool, batch, key)
         self._ahead: Iterator[Batch] | None = None
 
     def next(self) -> Batch:
@@ -123,19 +122,20 @@ class AlternatingStream:
     def __init__(self, source: BatchStream, target: BatchStream) -> None:
         self.source, self.target = source, target
         self.calls = 0
-        self.last_is_target = True
+
+    @property
+    def last_is_target(self) -> bool:
+        return self.calls % 2 == 0  # calls 1, 3, ... were source batches; before any call: True
 
     def next(self) -> Batch:
-        self.last_is_target = self.calls % 2 == 1
         self.calls += 1
         return (self.target if self.last_is_target else self.source).next()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "last_is_target": self.last_is_target,
-                "source": self.source.state_dict(), "target": self.target.state_dict()}
+        return {"calls": self.calls, "source": self.source.state_dict(), "target": self.target.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.calls, self.last_is_target = int(state["calls"]), bool(state["last_is_target"])
+        self.calls = int(state["calls"])
         self.source.load_state_dict(state["source"])
         self.target.load_state_dict(state["target"])
 
