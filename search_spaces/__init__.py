@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from search_spaces.builtin import BUILTIN
 from search_spaces.files import SUFFIXES, load_space_file
-from search_spaces.space import SearchSpace, did_you_mean
-from trainer.config import ConfigError
+from search_spaces.space import SearchSpace
+from trainer.config import ConfigError, did_you_mean
 
 __all__ = ["BUILTIN", "SearchSpace", "get_space", "load_space_file"]
 

@@ -15,8 +15,7 @@ from typing import Any
 import optuna
 
 from search_spaces.space import SearchSpace
-from trainer.config import TrainConfig
-from trainer.presets import preset
+from trainer.config import TrainConfig, preset
 
 _CONTRASTIVE_KEYS = ("bank_size", "contrastive_loss", "contrastive_weight_labeled", "contrastive_weight_unlabeled")
 _SELF_TRAINING_KEYS = ("pseudo_label_weight", "class_balance", "entropy_weight", "pseudo_label_power",

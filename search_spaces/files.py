@@ -59,8 +59,8 @@ from typing import Any, NoReturn
 import optuna
 import yaml
 
-from search_spaces.space import SearchSpace, did_you_mean
-from trainer.config import ConfigError, field_names
+from search_spaces.space import SearchSpace
+from trainer.config import ConfigError, did_you_mean, field_names
 
 try:
     import tomllib

@@ -11,26 +11,19 @@ when the space is loaded, not hours later inside a worker.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from trainer.config import ConfigError, TrainConfig, field_names
+from trainer.config import ConfigError, TrainConfig, did_you_mean, field_names
 
 CHECK_SAMPLES = 20  # random trials per check: enough to reach every branch of a few categoricals
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest option, or "" when none is close."""
-    close = difflib.get_close_matches(word, sorted(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ class SearchSpace:
     ``paper_point`` gives the paper's value of every param the space searches, so the
     study can evaluate it first as the reference point; ``{}`` means no such point.
     ``fixed`` holds overrides applied to every trial (e.g. a shorter budget).
-    A trial's config is ``TrainConfig.from_dict({**fixed, **suggest(trial)})``.
+    A trial's config is ``config(suggest(trial), base)``.
     """
 
     name: str
@@ -70,6 +63,10 @@ class SearchSpace:
                 self._check_config("sampled trial", base, self._run(study.ask(), "sampled trial"))
         if self.paper_point:
             self._check_paper_point(base)
+
+    def config(self, sample: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The TrainConfig of one trial: the dataset preset, ``fixed``, the caller's ``base``, the sample."""
+        return TrainConfig.from_dict({**self.fixed, **(base or {}), **sample})
 
     def replay(self, values: Mapping[str, Any]) -> dict[str, tuple[Any, BaseDistribution]]:
         """The params a config's values were sampled as, with their distributions.
@@ -106,7 +103,7 @@ class SearchSpace:
         if both:
             raise self._error(f"{both[0]!r} is both searched and fixed: remove it from fixed")
         try:
-            TrainConfig.from_dict({**self.fixed, **base, **values})
+            self.config(values, base)
         except ConfigError as err:
             raise self._error(f"{what}: {err}") from None
 

@@ -17,19 +17,16 @@ from typing import Any
 from ray.tune import Callback
 
 from search_spaces import SearchSpace
-from study.store import ResultStore, flatten_report
-from trainer.config import TrainConfig
-
-STATUSES = ("running", "finished", "stopped", "errored")
+from study.records import ERRORED, FINISHED, METRIC, RUNNING, STATUSES, STOPPED, config_columns, report_row
+from study.spec import StudySpec
+from study.store import ResultStore
 
 
 class StoreCallback(Callback):
-    def __init__(self, folder: Path, study: str, fixed: dict[str, Any], samples: int,
-                 show_progress: bool = True, stop_reason: str = "asha: below the rung's cutoff",
-                 space: SearchSpace | None = None) -> None:
-        self.space = space
+    def __init__(self, folder: Path, spec: StudySpec, show_progress: bool = True,
+                 stop_reason: str = "asha: below the rung's cutoff") -> None:
+        self.folder, self.spec, self.study = Path(folder), spec, spec.name
         self.stop_reason = stop_reason
-        self.folder, self.study, self.fixed, self.samples = Path(folder), study, dict(fixed), samples
         self.show_progress = show_progress
         self._store: ResultStore | None = None
         self._bar: Any = None
@@ -53,42 +50,36 @@ class StoreCallback(Callback):
     # --- Tune's hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
-        row.update(status="running", started=row.get("started") or _now(), ended=None, stop_reason=None)
+        row.update(status=RUNNING, started=row.get("started") or _now(), ended=None, stop_reason=None)
         self._write_trials()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "val_miou" not in result:
+        if METRIC not in result:
             return
         node = str(result.get("node") or result.get("node_ip") or socket.gethostname())
-        metrics = {
-            "iteration": result["iteration"], "miou": result["val_miou"], "iou": result.get("iou", []),
-            "losses": {k[len("loss_"):]: v for k, v in result.items() if k.startswith("loss_")},
-            "bank_fill": result.get("bank_fill", []), "images_per_second": result.get("images_per_second"),
-            "lr": result.get("lr"), "train_seconds": result.get("train_seconds"),
-        }
-        self.store.append_reports([flatten_report(self.study, trial.trial_id, metrics, self._config(trial), node,
-                                                  float(result.get("time_total_s", 0.0)))])
+        time_total_s = float(result.get("time_total_s", 0.0))
+        self.store.append_reports([report_row(self.study, trial.trial_id, result, self._config(trial), node,
+                                              time_total_s)])
         row = self._trial_row(trial)
         row["node"] = node
         # A resumed trial replays from its checkpoint: never move its progress backwards.
         latest = int(result["iteration"]) >= (row.get("iterations") or 0)
         if latest:
-            row["iterations"] = int(result["iteration"])
-            row["wall_seconds"] = float(result.get("time_total_s", 0.0))
+            row.update(iterations=int(result["iteration"]), wall_seconds=time_total_s)
         if result.get("diverged"):
-            row.update(status="errored", stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
+            row.update(status=ERRORED, stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
         else:
             if latest:
-                row["last_val_miou"] = float(result["val_miou"])
-            row["best_val_miou"] = max(float(result["val_miou"]), row.get("best_val_miou") or float("-inf"))
+                row["last_val_miou"] = float(result[METRIC])
+            row["best_val_miou"] = max(float(result[METRIC]), row.get("best_val_miou") or float("-inf"))
         self._write_trials()
         self._show()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
-        if row.get("status") != "errored":
+        if row.get("status") != ERRORED:
             finished = (row.get("iterations") or 0) >= int(self._config(trial)["iterations"])
-            row["status"] = "finished" if finished else "stopped"
+            row["status"] = FINISHED if finished else STOPPED
             row["stop_reason"] = None if finished else self.stop_reason
         row["ended"] = _now()
         self._write_trials()
@@ -96,22 +87,22 @@ class StoreCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
-        row.update(status="errored", stop_reason="raised", error=_error_text(trial), ended=_now())
+        row.update(status=ERRORED, stop_reason="raised", error=_error_text(trial), ended=_now())
         self._write_trials()
         self._show()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune restarts the trial from its last checkpoint (FailureConfig); count it, it is running again.
         row = self._trial_row(trial)
-        row.update(retries=(row.get("retries") or 0) + 1, status="running",
+        row.update(retries=(row.get("retries") or 0) + 1, status=RUNNING,
                    error=f"retrying after: {_error_text(trial)}")
         self._write_trials()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials that Tune ended without a completion event (the time budget ran out) stop here.
-        ended = [row for row in self._trials.values() if row.get("status") == "running"]
+        ended = [row for row in self._trials.values() if row.get("status") == RUNNING]
         for row in ended:
-            row.update(status="stopped", ended=_now(),
+            row.update(status=STOPPED, ended=_now(),
                        stop_reason="ended without a result from Ray Tune: the time budget ran out, or the "
                                    "driver died before Tune saved this trial (its place was sampled again)")
         if ended:
@@ -124,15 +115,15 @@ class StoreCallback(Callback):
     def _config(self, trial: Any) -> dict[str, Any]:
         """The trial's whole TrainConfig, built and validated once per trial."""
         if trial.trial_id not in self._configs:
-            self._configs[trial.trial_id] = TrainConfig.from_dict({**self.fixed, **trial.config}).to_dict()
+            self._configs[trial.trial_id] = self.spec.trial_config(trial.config).to_dict()
         return self._configs[trial.trial_id]
 
     def _trial_row(self, trial: Any) -> dict[str, Any]:
         _ = self.store  # loads rows of a resumed study first
         row = self._trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "study": self.study})
-        row.update({f"config.{k}": v for k, v in self._config(trial).items()})
-        if row.get("params") is None and self.space is not None:
-            row.update(searched_params(self.space, trial.config))
+        row.update(config_columns(self._config(trial)))
+        if row.get("params") is None:
+            row.update(searched_params(self.spec.search_space, trial.config))
         return row
 
     def _write_trials(self) -> None:
@@ -141,7 +132,8 @@ class StoreCallback(Callback):
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
         for row in self._trials.values():
-            counts[row.get("status", "running")] = counts.get(row.get("status", "running"), 0) + 1
+            status = row.get("status") or RUNNING
+            counts[status] = counts.get(status, 0) + 1
         return counts
 
     def _show(self) -> None:
@@ -150,13 +142,12 @@ class StoreCallback(Callback):
         from tqdm import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=self.samples, desc=f"study {self.study}", unit="trial", dynamic_ncols=True)
+            self._bar = tqdm(total=self.spec.samples, desc=f"study {self.study}", unit="trial", dynamic_ncols=True)
         counts = self.counts()
-        ended = counts["finished"] + counts["stopped"] + counts["errored"]
-        self._bar.update(ended - self._bar.n)
+        self._bar.update(counts[FINISHED] + counts[STOPPED] + counts[ERRORED] - self._bar.n)
         best = max((r.get("best_val_miou") or 0.0 for r in self._trials.values()), default=0.0)
-        self._bar.set_postfix_str(f"running {counts['running']}, finished {counts['finished']}, "
-                                  f"stopped early {counts['stopped']}, errored {counts['errored']}, "
+        self._bar.set_postfix_str(f"running {counts[RUNNING]}, finished {counts[FINISHED]}, "
+                                  f"stopped early {counts[STOPPED]}, errored {counts[ERRORED]}, "
                                   f"best val mIoU {100 * best:.1f}")
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from study.spec import StudySpec
-from trainer.config import ConfigError, TrainConfig, field_help, first_line, parse_assignment
+from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -142,6 +143,7 @@ def _study_folder(root: Path, name: str) -> Path:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from study.records import RUNNING
     from study.report import watch, write_report
     from study.spec import read_study_json
     from study.store import ResultStore
@@ -158,7 +160,7 @@ def _report(args: argparse.Namespace) -> int:
 
     def running() -> bool:
         statuses = ResultStore(folder, args.name).trials().column("status").to_pylist()
-        return len(statuses) < samples or "running" in statuses
+        return len(statuses) < samples or RUNNING in statuses
 
     print(f"writing {out} every {args.every:g} s until the study ends (Ctrl-C stops)")
     watch(folder, out, args.every, others, is_running=running)
@@ -206,13 +208,8 @@ def _run(args: argparse.Namespace) -> int:
     best = result["best"]
     print(f"best trial {best['trial_id']}: val mIoU {100 * best['best_val_miou']:.1f} "
           f"({best['status']}, {best['iterations']} iterations)")
-    from search_spaces import get_space
-
-    import optuna
-
-    # Replaying the space on the best config yields exactly the values it sampled (its branch only).
-    searched = get_space(spec.space).suggest(optuna.trial.FixedTrial(result["best_config"]))
-    print("best config: " + json.dumps(searched, sort_keys=True))
+    # What the space sampled for it (its branch only), as stored with the trial.
+    print("best config: " + json.dumps(json.loads(best.get("params") or "{}"), sort_keys=True))
     print(f"results: {args.dir / name / 'results'}")
     return 0
 
@@ -240,20 +237,52 @@ def _live_report(folder: Path, every: float) -> Iterator[None]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from study.store import ResultStore, status_table
+    from study.store import ResultStore
 
-    folder = args.dir / args.name
-    if not (folder / "study.json").is_file():
-        raise ConfigError(f"no study {args.name!r} in {args.dir} (no {folder / 'study.json'})")
-    print(status_table(ResultStore(folder, args.name).trials()))
+    folder = _study_folder(args.dir, args.name)
+    print(status_table(ResultStore(folder, args.name).trials().to_pylist()))
     return 0
 
 
-def load_config(config: Path | None, assignments: Sequence[str]) -> TrainConfig:
-    """The dataset's preset, then the JSON file, then ``key=value`` overrides, validated."""
+def status_table(trials: list[dict[str, Any]]) -> str:
+    """Trials rows as a plain-text table, best val mIoU first (trials without one last)."""
+    if not trials:
+        return "no trials yet"
+
+    def best(row: dict[str, Any]) -> float:
+        value = row.get("best_val_miou")
+        return -math.inf if value is None or math.isnan(value) else value
+
+    header = ("trial", "status", "best mIoU", "iterations", "wall s", "stop reason")
+    lines = [header]
+    for row in sorted(trials, key=best, reverse=True):  # stable: ties keep the table's order
+        miou, wall, iterations = row.get("best_val_miou"), row.get("wall_seconds"), row.get("iterations")
+        reason, error = row.get("stop_reason") or "", row.get("error") or ""
+        if error and error not in reason:  # "raised" alone does not say what went wrong
+            reason = f"{reason}: {error}" if reason else error
+        lines.append((
+            str(row["trial_id"]), str(row.get("status") or ""),
+            "-" if miou is None or math.isnan(miou) else f"{100 * miou:.1f}",
+            "-" if iterations is None else str(iterations),
+            "-" if wall is None else f"{wall:.0f}",
+            reason if len(reason) <= 60 else reason[:57] + "...",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {2, 3, 4}  # right-aligned so that the digits line up
+    return "\n".join("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                                for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
+
+
+def load_config(config: Path | None, assignments: Sequence[str], resume: Path | None = None) -> TrainConfig:
+    """The dataset's preset, then the JSON file (or, without one, the config of the checkpoint
+    ``resume`` continues: the run as it was configured), then ``key=value`` overrides, validated."""
     values: dict = {}
     if config is not None:
         values.update(TrainConfig.load(config).to_dict())
+    elif resume is not None:
+        from trainer.fit import checkpoint_config
+
+        values.update(checkpoint_config(resume))
     for text in assignments:
         key, value = parse_assignment(text)
         values[key] = value
@@ -267,60 +296,13 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if args.resume and not args.resume.is_file():
         raise ConfigError(f"--resume {args.resume}: no such checkpoint file")
-    if args.resume and args.config is None:
-        # Continue the run as it was configured; --set values still apply on top.
-        import torch
-
-        try:
-            saved = torch.load(args.resume, map_location="cpu", weights_only=True)["config"]
-        except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
-            raise ConfigError(f"--resume {args.resume}: not a checkpoint of semiseg-study train "
-                              f"({first_line(err)})") from None
-        cfg = TrainConfig.from_dict({**saved, **dict(parse_assignment(t) for t in args.assignments)})
-    else:
-        cfg = load_config(args.config, args.assignments)
+    cfg = load_config(args.config, args.assignments, resume=args.resume)
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    from trainer.fit import fit
 
-    from tqdm import tqdm
-
-    from trainer.fit import Trainer
-
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            label = {"pretrain": "pretraining the digit backbone (once; cached)", "train": "training"}[stage]
-            bars[stage] = tqdm(total=total, desc=label, unit="it", dynamic_ncols=True, leave=stage == "train")
-        bars[stage].update(done - bars[stage].n)
-        if done == total and stage == "pretrain":
-            bars[stage].close()
-
-    trainer = Trainer(cfg, progress=progress)
-    if args.resume:
-        trainer.load(args.resume)
-    metrics_path = out / "metrics.jsonl"
-    with metrics_path.open("a") as metrics:
-        def record(evaluation, trainer) -> None:  # noqa: ANN001 - Trainer.run's callback
-            trainer.save(out / "checkpoint.pt")
-            metrics.write(json.dumps(evaluation.as_dict()) + "\n")
-            metrics.flush()
-            bars["train"].write(
-                f"iter {evaluation.iteration:>6}/{cfg.iterations}  val mIoU {100 * evaluation.miou:5.1f}  "
-                f"loss {evaluation.losses['total']:.3f}  bank {100 * sum(evaluation.bank_fill) / len(evaluation.bank_fill):3.0f}%  "
-                f"{evaluation.images_per_second:6.1f} img/s")
-
-        trainer.run(record, progress)
-        if "train" in bars:
-            bars["train"].close()
-        val_miou, _ = trainer.evaluate("val")
-        test_miou, test_iou = trainer.evaluate("test")
-        final = {"final": True, "iteration": trainer.iteration, "val_miou": val_miou, "test_miou": test_miou,
-                 "test_iou": test_iou, "train_seconds": trainer.train_seconds}
-        metrics.write(json.dumps(final) + "\n")
-    print(f"final ({cfg.eval_model}): val mIoU {100 * val_miou:.1f}  test mIoU {100 * test_miou:.1f}  "
-          f"in {trainer.train_seconds:.0f} s of training; written to {out}")
+    result = fit(cfg, resume_from=args.resume, out=out, progress=True, final_test=True)
+    print(f"final ({cfg.eval_model}): val mIoU {100 * result.val_miou:.1f}  test mIoU {100 * result.test_miou:.1f}  "
+          f"in {result.train_seconds:.0f} s of training; written to {out}")
     return 0
 
 

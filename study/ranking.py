@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from study.store import CONFIG_PREFIX, ResultStore
+from study.records import FINISHED, STOPPED, stored_config
+from study.store import ResultStore
+from trainer.atomic import write_text_atomic
 from trainer.config import ConfigError, TrainConfig
 
 
@@ -34,37 +35,24 @@ def has_score(row: dict[str, Any]) -> bool:
 
 def ranked_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials rows, best first (see the module docstring); ties keep trial-id order."""
-    ranked = [row for row in rows if row.get("status") in ("finished", "stopped") and has_score(row)]
-    ranked.sort(key=lambda row: (row["status"] != "finished", -row["best_val_miou"], row["trial_id"]))
+    ranked = [row for row in rows if row.get("status") in (FINISHED, STOPPED) and has_score(row)]
+    ranked.sort(key=lambda row: (row["status"] != FINISHED, -row["best_val_miou"], row["trial_id"]))
     return ranked
 
 
-def ranked_study(folder: Path, name: str | None = None) -> list[dict[str, Any]]:
-    """The ranked trials of the study in ``folder``; raise NoFinishedTrialError if there are none."""
+def ranked_study(folder: Path, name: str | None = None, rows: list[dict[str, Any]] | None = None,
+                 what_for: str = "") -> list[dict[str, Any]]:
+    """The ranked trials of the study in ``folder`` (or of its trials ``rows``, read already);
+    raise NoFinishedTrialError if there are none."""
     folder = Path(folder)
     name = name or folder.name
-    rows = ResultStore(folder, name).trials().to_pylist()
+    rows = ResultStore(folder, name).trials().to_pylist() if rows is None else rows
     ranked = ranked_trials(rows)
     if not ranked:
         what = f"{len(rows)} trials, none with an evaluation" if rows else "no trials"
-        raise NoFinishedTrialError(f"study {name!r} in {folder.parent} has {what}; run or resume it "
+        raise NoFinishedTrialError(f"study {name!r} in {folder.parent} has {what}{what_for}; run or resume it "
                                    f"(`semiseg-study run --resume {name}`) until a trial reports")
     return ranked
-
-
-def trial_config(row: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig a trial ran, from its ``config.<field>`` columns (lists stored as JSON)."""
-    list_fields = {f.name for f in fields(TrainConfig) if f.type in ("list", list)}
-    values: dict[str, Any] = {}
-    for key, value in row.items():
-        if not key.startswith(CONFIG_PREFIX) or value is None:
-            continue
-        name = key[len(CONFIG_PREFIX):]
-        values[name] = json.loads(value) if name in list_fields and isinstance(value, str) else value
-    try:
-        return TrainConfig.from_dict(values)
-    except ConfigError as err:
-        raise ConfigError(f"trial {row.get('trial_id')!r}: its stored config is no longer valid: {err}") from None
 
 
 def pick(ranked: list[dict[str, Any]], rank: int) -> dict[str, Any]:
@@ -82,11 +70,9 @@ def export_config(folder: Path, rank: int, out: Path) -> tuple[dict[str, Any], T
     ``semiseg-study train --config FILE`` repeats the trial's run on CPU exactly.
     """
     row = pick(ranked_study(folder), rank)
-    cfg = trial_config(row)
+    cfg = stored_config(row)
     out = Path(out)
     if out.parent and not out.parent.is_dir():
         raise ConfigError(f"-o {out}: the folder {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.tmp")
-    cfg.save(tmp)
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(cfg.to_dict(), indent=2) + "\n")
     return row, cfg

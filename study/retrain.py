@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from search_spaces import get_space
-from study.ranking import ranked_study, trial_config
+from study.ranking import ranked_study
+from study.records import config_columns, stored_config
 from study.spec import StudySpec, read_study_json
-from study.store import CONFIG_PREFIX, ResultStore
+from study.store import ResultStore
 from trainer.config import ConfigError, TrainConfig
 from trainer.presets import SUPERVISED_ONLY
 
@@ -38,41 +38,34 @@ class Candidate:
     config: TrainConfig
 
 
-def candidates(folder: Path, top: int, iterations: int | None = None) -> list[Candidate]:
+def candidates(folder: Path, top: int, iterations: int | None = None,
+               spec: StudySpec | None = None) -> list[Candidate]:
     """The top ``top`` trials of the study, then its paper point and supervised-only point."""
     if top < 1:
         raise ConfigError(f"--top {top}: retrain at least one config (--top 1 or more)")
+    if iterations is not None and iterations < 1:
+        raise ConfigError(f"--iterations {iterations}: give a positive number of iterations")
     ranked = ranked_study(folder)
-    spec = read_study_json(folder)
-    space = get_space(spec.space)
-    paper = TrainConfig.from_dict({**space.fixed, **spec.base_config(), **space.paper_point})
-    chosen = [Candidate(f"#{rank} {row['trial_id']}", row["trial_id"], rank, trial_config(row))
+    spec = spec or read_study_json(folder)
+    paper = spec.paper_config()
+    chosen = [Candidate(f"#{rank} {row['trial_id']}", row["trial_id"], rank, stored_config(row))
               for rank, row in enumerate(ranked[:top], start=1)]
     chosen += [Candidate(PAPER, "paper", None, paper),
-               Candidate(SUPERVISED, "supervised", None, TrainConfig.from_dict({**paper.to_dict(), **SUPERVISED_ONLY}))]
+               Candidate(SUPERVISED, "supervised", None, paper.replace(**SUPERVISED_ONLY))]
     if iterations is not None:
-        if iterations < 1:
-            raise ConfigError(f"--iterations {iterations}: give a positive number of iterations")
-        chosen = [Candidate(c.label, c.source, c.rank, _with(c.config, iterations=iterations)) for c in chosen]
+        chosen = [Candidate(c.label, c.source, c.rank, c.config.replace(iterations=iterations)) for c in chosen]
     return chosen
-
-
-def _with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    return TrainConfig.from_dict({**cfg.to_dict(), **changes})
 
 
 def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
     """One retrain run (in a Ray worker): train at the full budget, score on test and val."""
-    from trainer.fit import Trainer
-
-    trainer = Trainer(TrainConfig.from_dict(config))
-    trainer.run()
-    test_miou, test_iou = trainer.evaluate("test")
-    val_miou, _ = trainer.evaluate("val")
     import ray
 
-    return {"test_miou": test_miou, "test_iou": test_iou, "val_miou": val_miou,
-            "train_seconds": trainer.train_seconds, "node": ray.util.get_node_ip_address()}
+    from trainer.fit import fit
+
+    result = fit(TrainConfig.from_dict(config), final_test=True)
+    return {"test_miou": result.test_miou, "test_iou": result.test_iou, "val_miou": result.val_miou,
+            "train_seconds": result.train_seconds, "node": ray.util.get_node_ip_address()}
 
 
 def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None = None,
@@ -82,7 +75,7 @@ def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None =
         raise ConfigError(f"--seeds {seeds}: give at least one seed (paired gains need 2 or more)")
     folder = Path(folder)
     spec = read_study_json(folder)
-    chosen = candidates(folder, top, iterations)
+    chosen = candidates(folder, top, iterations, spec)
     store = ResultStore(folder, spec.name)
     done = {(r["candidate"], r["seed"], r["iterations"]) for r in store.retrain().to_pylist()}
     jobs = [(c, FIRST_SEED + i) for c in chosen for i in range(seeds)
@@ -99,33 +92,29 @@ def _run_on_ray(spec: StudySpec, store: ResultStore, jobs: list[tuple[Candidate,
     import ray
     from tqdm import tqdm
 
-    from study.run import _ensure_pretrained, connect
+    from study.run import WAIT_FOR_NODES_S, _ensure_pretrained, check_fits, connect
 
     owns_ray = connect(spec.address)
     try:
+        check_fits(spec, wait_s=WAIT_FOR_NODES_S if spec.address else 0.0)
         _ensure_pretrained(jobs[0][0].config)
         task = ray.remote(train_and_test).options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                                                   max_retries=1)
-        pending = {task.remote(_with(c.config, seed=seed).to_dict()): (c, seed) for c, seed in jobs}
+        pending = {task.remote(c.config.replace(seed=seed).to_dict()): (c, seed) for c, seed in jobs}
         with tqdm(total=len(pending), desc="retrain", unit="run", disable=not progress, dynamic_ncols=True) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 candidate, seed = pending.pop(ready[0])
                 result = ray.get(ready[0])
-                cfg = _with(candidate.config, seed=seed)
+                cfg = candidate.config.replace(seed=seed)
                 store.append_retrain([{
                     "candidate": candidate.label, "source": candidate.source, "rank": candidate.rank, "seed": seed,
                     "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc), **result,
-                    **{CONFIG_PREFIX + k: v for k, v in cfg.to_dict().items()}}])
+                    **config_columns(cfg.to_dict())}])
                 bar.update()
     finally:
         if owns_ray:
             ray.shutdown()
-
-
-def read_results(folder: Path) -> list[dict[str, Any]]:
-    """The stored retrain rows of the study in ``folder``."""
-    return ResultStore(folder, Path(folder).name).retrain().to_pylist()
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -161,11 +150,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def _pm(mean: float, std: float) -> str:
+def mean_std_text(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + ("" if math.isnan(std) else f" ± {100 * std:.1f}")
 
 
-def _gain(gain: tuple[float, float, int, int] | None) -> str:
+def gain_text(gain: tuple[float, float, int, int] | None) -> str:
     if gain is None:
         return "-"
     mean, std, wins, count = gain
@@ -176,34 +165,6 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     """The retrain table as Markdown: README and the terminal show the same thing."""
     lines = ["| config | test mIoU | gain over paper point | gain over supervised only |", "|---|---|---|---|"]
     for entry in summarise(rows):
-        lines.append(f"| {entry['candidate']} | {_pm(entry['test_miou'], entry['test_std'])} "
-                     f"| {_gain(entry['gain_paper'])} | {_gain(entry['gain_supervised'])} |")
+        lines.append(f"| {entry['candidate']} | {mean_std_text(entry['test_miou'], entry['test_std'])} "
+                     f"| {gain_text(entry['gain_paper'])} | {gain_text(entry['gain_supervised'])} |")
     return "\n".join(lines)
-
-
-def retrain_figures(rows: list[dict[str, Any]]) -> list[Any]:
-    """For the report: the table, and each seed's test mIoU across candidates (paired lines)."""
-    import plotly.graph_objects as go
-
-    from study.report.data import esc
-    from study.report.sweep import table_height
-
-    summary = summarise(rows)
-    table = go.Figure(go.Table(
-        header=dict(values=["<b>config</b>", "<b>seeds</b>", "<b>test mIoU (%)</b>",
-                            "<b>gain over paper point</b>", "<b>gain over supervised only</b>"], align="left"),
-        cells=dict(values=[[esc(e["candidate"]) for e in summary], [e["seeds"] for e in summary],
-                           [_pm(e["test_miou"], e["test_std"]) for e in summary],
-                           [_gain(e["gain_paper"]) for e in summary], [_gain(e["gain_supervised"]) for e in summary]],
-                   align="left")))
-    table.update_layout(title="Retrained on fresh seeds, scored on the test split (mean ± std over seeds; "
-                              "gains paired by seed)", height=table_height(len(summary)))
-    order = [e["candidate"] for e in summary]
-    paired = go.Figure()
-    for seed in sorted({r["seed"] for r in rows}):
-        points = sorted((r for r in rows if r["seed"] == seed), key=lambda r: order.index(r["candidate"]))
-        paired.add_trace(go.Scatter(x=[esc(r["candidate"]) for r in points], y=[100 * r["test_miou"] for r in points],
-                                    mode="lines+markers", name=f"seed {seed}"))
-    paired.update_layout(title="Test mIoU per seed: a line joins the runs that share a seed",
-                         xaxis=dict(title="config"), yaxis=dict(title="test mIoU (%)"))
-    return [table, paired]

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.config import ConfigError, TrainConfig, first_line
-from search_spaces import SearchSpace, get_space
 from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
 
 logger = logging.getLogger(__name__)
@@ -29,65 +28,69 @@ def study_folder(root: Path, name: str) -> Path:
     return (root / name).resolve()
 
 
-def prepare(spec: StudySpec, root: Path, *, resume: bool, replace: bool = False, say: Say = print) -> Path:
-    """Check everything that can be checked before Ray starts; create or reopen the folder."""
-    spec.validate()
+def check_folder(spec: StudySpec, root: Path, *, resume: bool, replace: bool = False) -> Path:
+    """The study's folder: the one to resume must exist, a new one must not (unless ``replace``)."""
     folder = study_folder(root, spec.name)
-    if resume:
-        if not folder.is_dir():
-            raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
-        return folder
+    if resume and not folder.is_dir():
+        raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
+    if not resume and folder.exists() and not replace:
+        raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
+                          f"`semiseg-study run --resume {spec.name}`, or choose another --name")
+    if not resume:  # fail now, not after Ray has started, on a folder that cannot be made
+        ancestor = folder.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            why = "is not a folder" if not ancestor.is_dir() else "is not writable"
+            raise ConfigError(f"cannot create the study folder {folder}: {ancestor} {why}")
+    return folder
+
+
+def create_folder(folder: Path, say: Say = print) -> None:
+    """Make a new study's folder, moving a previous study of that name aside (a study is never deleted)."""
     if folder.exists():
-        if not replace:
-            raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
-                              f"`semiseg-study run --resume {spec.name}`, or choose another --name")
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(kept)  # never delete a study: move it aside
-        say(f"moved the previous study {spec.name!r} to {kept}")
+        folder.rename(kept)
+        say(f"moved the previous study {folder.name!r} to {kept}")
     try:
         folder.mkdir(parents=True)
     except OSError as err:
         raise ConfigError(f"cannot create the study folder {folder}: {err.strerror}") from None
-    return folder
 
 
-def check_space(spec: StudySpec) -> tuple[SearchSpace, TrainConfig, int, str | None]:
-    """The space, the base config of every trial, and ASHA's grace period (moved if needed)."""
-    space = get_space(spec.space)
-    base = spec.base_config()
-    space_fixed = dict(space.fixed)
-    base = {**space_fixed, **base}
-    cfg = TrainConfig.from_dict({**base, **space.paper_point})
+def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
+    """The paper point's config, and ASHA's grace period (moved if needed), once the space checks out."""
+    cfg = spec.paper_config()
     if cfg.dataset != "digits" and not Path(cfg.data_root).is_dir():
         # Checked on the driver: on a cluster the data must sit at the same path on every node.
         raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
                           "give the dataset's root with --set data_root=PATH")
-    space.check_keys(base=base)
+    spec.search_space.check_keys(base=spec.base_config())
     grace, note = grace_after_ramp_up(spec.grace, cfg)
-    return space, cfg, grace, note
+    return cfg, grace, note
 
 
 def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: bool = False,
               say: Say = print, progress: bool = True) -> dict[str, Any]:
     """Run the study to the end and return the summary of its best trial."""
-    spec.validate()
-    if resume:
-        spec = read_study_json(study_folder(root, spec.name))
-    space, base_cfg, grace, note = check_space(spec)
-    folder = prepare(spec, root, resume=resume, replace=replace, say=say)
-    if note and spec.scheduler == "asha":
-        say(note)
-    if not resume:
-        # A shared --storage may hold an older study of the same name: never continue it by accident.
-        spec.study_id = spec.study_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        write_study_json(folder, spec)
+    spec = read_study_json(study_folder(root, spec.name)) if resume else spec.validate()
+    base_cfg, grace, note = check_space(spec)
+    folder = check_folder(spec, root, resume=resume, replace=replace)
 
     import ray
 
     owns_ray = connect(spec.address)
     try:
+        check_fits(spec, wait_s=WAIT_FOR_NODES_S if spec.address else 0.0)  # before anything is written
+        if not resume:
+            create_folder(folder, say)
+            # A shared --storage may hold an older study of the same name: never continue it by accident.
+            spec.study_id = spec.study_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
+            write_study_json(folder, spec)
+        if note and spec.scheduler == "asha":
+            say(note)
         _ensure_pretrained(base_cfg)
-        tuner = _tuner(spec, space, folder, grace, resume, progress)
+        tuner = _tuner(spec, folder, grace, resume, progress)
         tuner.fit()
     finally:
         if owns_ray:
@@ -103,6 +106,8 @@ def connect(address: str | None) -> bool:
     """Start or join Ray; True if this call started it (and so must stop it)."""
     import ray
 
+    if address:  # first: an address that nothing answers is wrong whether or not Ray runs here
+        check_reachable(address)
     if ray.is_initialized():
         return False
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -112,7 +117,6 @@ def connect(address: str | None) -> bool:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
-        check_reachable(address)
         try:
             ray.init(address=address, **common)
         except ConnectionError as err:
@@ -158,6 +162,46 @@ def _ensure_pretrained(cfg: TrainConfig) -> None:
         build_data(cfg)  # and compose the scenes once
 
 
+WAIT_FOR_NODES_S = 60.0  # an autoscaling cluster may start a node that fits; a fixed one never will
+
+
+def check_fits(spec: StudySpec, wait_s: float = 0.0, poll_s: float = 2.0) -> None:
+    """Refuse a study that no node of the cluster can ever run one trial of (Tune would wait forever).
+
+    On a cluster (``wait_s`` > 0) the autoscaler is asked for one trial's resources and given
+    ``wait_s`` seconds to add a node that holds them; a local Ray cannot grow, so it is told at once.
+    """
+    import ray
+
+    need = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    need = {k: v for k, v in need.items() if v > 0}
+
+    def fits() -> bool:
+        return any(all(node["Resources"].get(k, 0) >= v for k, v in need.items())
+                   for node in ray.nodes() if node["Alive"])
+
+    deadline = time.monotonic() + wait_s
+    requested = False
+    while not fits():
+        if time.monotonic() >= deadline:
+            nodes = ", ".join(f"{n['NodeManagerAddress']} ({n['Resources'].get('CPU', 0):g} CPU, "
+                              f"{n['Resources'].get('GPU', 0):g} GPU)" for n in ray.nodes() if n["Alive"])
+            waited = f" (waited {wait_s:g} s for the autoscaler)" if wait_s else ""
+            raise ConfigError(f"no node of the Ray cluster can hold one trial of --cpus-per-trial "
+                              f"{spec.cpus_per_trial:g} and --gpus-per-trial {spec.gpus_per_trial:g}{waited}; "
+                              f"alive nodes: {nodes or 'none'}; lower those flags or add a node that has them")
+        if not requested:
+            try:  # a no-op on a cluster without an autoscaler
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[need])
+                requested = True
+            except Exception as err:  # noqa: BLE001 - best effort; the wait below decides
+                logger.debug("request_resources failed: %s", err)
+                requested = True
+        time.sleep(poll_s)
+
+
 def concurrency(spec: StudySpec) -> int:
     if spec.concurrency:
         return spec.concurrency
@@ -170,7 +214,7 @@ def concurrency(spec: StudySpec) -> int:
     return max(1, slots)
 
 
-def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume: bool, progress: bool):
+def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bool):
     import optuna
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -179,8 +223,8 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
     from study.search import METRIC, DefineByRun, PersistentASHA, StudySearcher
     from study.trial import run_trial
 
-    fixed = {**space.fixed, **spec.base_config()}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=fixed),
+    space = spec.search_space
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
     if resume:
@@ -218,8 +262,7 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
-    callback = StoreCallback(folder, spec.name, fixed, spec.samples, show_progress=progress, stop_reason=reason,
-                             space=space)
+    callback = StoreCallback(folder, spec, show_progress=progress, stop_reason=reason)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,
@@ -236,6 +279,7 @@ def _tuner(spec: StudySpec, space: SearchSpace, folder: Path, grace: int, resume
 def summary(store: "Any") -> dict[str, Any]:
     """The best trial (rank 1 of ``study.ranking``), read back from Parquet."""
     from study.ranking import ranked_trials
+    from study.records import stored_config
 
     trials = store.trials().to_pylist()
     counts: dict[str, int] = {}
@@ -245,5 +289,4 @@ def summary(store: "Any") -> dict[str, Any]:
     if not ranked:
         return {"trials": len(trials), "counts": counts, "best": None}
     best = ranked[0]
-    config = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
-    return {"trials": len(trials), "counts": counts, "best": best, "best_config": config}
+    return {"trials": len(trials), "counts": counts, "best": best, "best_config": stored_config(best).to_dict()}

@@ -23,10 +23,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import SearchSpace
+from study import ray_internals as internals
+from study.records import METRIC
+from trainer.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-METRIC = "val_miou"
 TIME_ATTR = "iteration"
 
 
@@ -50,12 +52,14 @@ class StudySearcher(OptunaSearch):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        internals.check(self, "OptunaSearch")
         # The result that ends a trial comes again with on_trial_complete, and a retried trial
         # replays its last evaluation: each step is reported once (Optuna warns on repeats).
         self._reported_steps: dict[str, set[int]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trials = internals.optuna_trials(self)
+        if trial_id in internals.completed_trials(self) or trial_id not in ot_trials:
             return
         if result.get("diverged") or METRIC not in result:
             return
@@ -64,12 +68,13 @@ class StudySearcher(OptunaSearch):
             return
         self._reported_steps[trial_id].add(step)
         try:
-            self._ot_trials[trial_id].report(float(result[METRIC]), step)
+            ot_trials[trial_id].report(float(result[METRIC]), step)
         except Exception as err:  # noqa: BLE001 - Optuna warns or raises on repeats; keep going
             logger.debug("optuna report skipped: %s", err)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trials, completed = internals.optuna_trials(self), internals.completed_trials(self)
+        if trial_id in completed or trial_id not in ot_trials:
             return
         state, value = outcome(result, error)
         if state != TrialState.FAIL and result:
@@ -77,23 +82,24 @@ class StudySearcher(OptunaSearch):
             # the last intermediate value (the point where ASHA stopped the trial).
             self.on_trial_result(trial_id, result)
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            internals.optuna_study(self).tell(ot_trials[trial_id], value, state=state)
         except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore
             logger.warning("could not record trial %s in Optuna: %s", trial_id, err)
-        self._completed_trials.add(trial_id)
+        completed.add(trial_id)
         # Nothing of an ended trial stays in the driver but its id: a long study stays small.
         self._reported_steps.pop(trial_id, None)
-        self._ot_trials.pop(trial_id, None)
-
+        ot_trials.pop(trial_id, None)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore, then fail the Optuna trials asked for after the snapshot (the driver died):
         left RUNNING, constant liar would count them as running forever."""
         super().restore(checkpoint_path)
-        known = {trial.number for trial in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        internals.check(self, "OptunaSearch")
+        study = internals.optuna_study(self)
+        known = {trial.number for trial in internals.optuna_trials(self).values()}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+                study.tell(trial.number, state=TrialState.FAIL)
 
 
 def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
@@ -112,6 +118,7 @@ class PersistentASHA(ASHAScheduler):
 
     def __init__(self, state_path: str | Path, **kwargs: Any) -> None:
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
+        internals.check(self, "ASHAScheduler")
         self._state_path = str(state_path)
         self._loaded = False
         self._stopped: set[str] = set()
@@ -127,18 +134,15 @@ class PersistentASHA(ASHAScheduler):
             saved = json.load(handle)
         # A trial stopped just before the driver died may come back from an older snapshot.
         self._stopped = set(saved.get("stopped", []))
-        for bracket, rungs in zip(self._brackets, saved["brackets"]):
-            for (milestone, recorded), (saved_milestone, saved_recorded) in zip(bracket._rungs, rungs):
+        for bracket, rungs in zip(internals.asha_brackets(self), saved["brackets"]):
+            for (milestone, recorded), (saved_milestone, saved_recorded) in zip(internals.bracket_rungs(bracket), rungs):
                 if float(milestone) == float(saved_milestone):
                     recorded.update(saved_recorded)
 
     def _save(self) -> None:
-        state = {"brackets": [[[m, r] for m, r in b._rungs] for b in self._brackets],
+        state = {"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)] for b in internals.asha_brackets(self)],
                  "stopped": sorted(self._stopped)}
-        tmp = self._state_path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(state, handle)
-        os.replace(tmp, self._state_path)
+        write_text_atomic(self._state_path, json.dumps(state))
 
     def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature
         self._load()
@@ -146,8 +150,9 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
         self._load()
-        if trial.trial_id not in self._trial_info:  # a trial restored mid-run
-            self._trial_info[trial.trial_id] = self._brackets[0]
+        trial_info = internals.asha_trial_info(self)
+        if trial.trial_id not in trial_info:  # a trial restored mid-run
+            trial_info[trial.trial_id] = internals.asha_brackets(self)[0]
         if result.get("diverged") or trial.trial_id in self._stopped:
             return self.STOP
         action = super().on_trial_result(tune_controller, trial, result)
@@ -158,10 +163,11 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:  # noqa: ANN001
         self._load()
-        if trial.trial_id not in self._trial_info:
+        trial_info = internals.asha_trial_info(self)
+        if trial.trial_id not in trial_info:
             return
         if result.get("diverged"):
-            del self._trial_info[trial.trial_id]
+            del trial_info[trial.trial_id]
             return
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
@@ -169,4 +175,4 @@ class PersistentASHA(ASHAScheduler):
     def rungs(self) -> list[tuple[float, dict[str, float]]]:
         """(milestone, {trial id: score}) of the first bracket, lowest milestone first."""
         self._load()
-        return [(m, dict(r)) for m, r in reversed(self._brackets[0]._rungs)]
+        return [(m, dict(r)) for m, r in reversed(internals.bracket_rungs(internals.asha_brackets(self)[0]))]

@@ -5,12 +5,15 @@
       optuna.db         Optuna storage (SQLite), unless --storage names another
       asha_rungs.json   ASHA's rungs, so a resumed study prunes as before
       tune/<name>/      the Ray Tune experiment (trial checkpoints, Tune's own logs)
-      results/          the Parquet store: reports/ and trials/ (see study/store.py)
+      results/          the Parquet store: reports/ and trials/ (rows: study/records.py)
+      retrain/          retrain runs (Parquet), once `semiseg-study retrain` has run
+      report.html       the dashboard, once `semiseg-study report` has run
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import re
@@ -18,8 +21,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from search_spaces import SearchSpace, get_space
+from trainer.atomic import write_text_atomic
 from trainer.config import ConfigError, TrainConfig
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -100,6 +105,19 @@ class StudySpec:
         fixed.setdefault("threads", max(1, int(self.cpus_per_trial) - (workers if isinstance(workers, int) else 0)))
         return fixed
 
+    @functools.cached_property
+    def search_space(self) -> SearchSpace:
+        """The space named by ``space``, loaded once (a file is read when first asked for)."""
+        return get_space(self.space)
+
+    def trial_config(self, sample: Mapping[str, Any]) -> TrainConfig:
+        """The TrainConfig of a trial that sampled ``sample``: preset, space's fixed values, study's, sample."""
+        return self.search_space.config(sample, self.base_config())
+
+    def paper_config(self) -> TrainConfig:
+        """The config of the space's paper point (the reference every study evaluates first)."""
+        return self.trial_config(self.search_space.paper_point)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -145,9 +163,7 @@ def environment() -> dict[str, Any]:
 
 def write_study_json(folder: Path, spec: StudySpec) -> None:
     payload = {"spec": spec.to_dict(), "environment": environment()}
-    tmp = folder / ".study.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(folder / "study.json")
+    write_text_atomic(folder / "study.json", json.dumps(payload, indent=2) + "\n")
 
 
 def read_study_json(folder: Path) -> StudySpec:

@@ -1,40 +1,31 @@
 """One Ray Tune trial: the trainer, reporting every evaluation with a checkpoint.
 
 This is the only place where the trainer meets Ray. A trial's ``config`` holds the
-values the searcher sampled; ``fixed`` holds the study's fixed overrides. Each
+values the searcher sampled; the study's spec turns them into the trial's TrainConfig. Each
 evaluation becomes one ``tune.report`` whose checkpoint holds the whole trainer state,
 so a retried or resumed trial continues bit-exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import Any
 
 from ray import tune
 
+from study.records import evaluation_metrics
+from study.spec import StudySpec
 from trainer.config import TrainConfig
-from trainer.fit import DivergedError, Evaluation, Trainer
+from trainer.fit import DivergedError, Evaluation, Trainer, fit
 
 CHECKPOINT_FILE = "trainer.pt"
 
-
-def trial_config(sampled: dict[str, Any], fixed: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a trial: the dataset preset, the study's fixed values, then the sample."""
-    return TrainConfig.from_dict({**fixed, **sampled})
-
-
 def report_metrics(evaluation: Evaluation, cfg: TrainConfig) -> dict[str, Any]:
-    """The flat metrics of one evaluation, as Tune, ASHA, Optuna and the Parquet store see them."""
-    metrics = evaluation.as_dict()
-    losses = metrics.pop("losses")
-    metrics.update({f"loss_{k}": v for k, v in losses.items()})
-    metrics["val_miou"] = metrics.pop("miou")
-    metrics["max_iterations"] = cfg.iterations
-    metrics["diverged"] = ""
-    metrics.update(_placement())
-    return metrics
+    """One evaluation as reported to Tune: the record's columns (``study.records``), and what ASHA
+    and the searcher read besides (the full budget, whether it diverged) and where the trial runs."""
+    return {**evaluation_metrics(evaluation), "max_iterations": cfg.iterations, "diverged": "", **_placement()}
 
 
 def _placement() -> dict[str, Any]:
@@ -46,26 +37,26 @@ def _placement() -> dict[str, Any]:
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
 
-def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
-    """The Tune function trainable (bind ``fixed`` with ``tune.with_parameters``)."""
-    cfg = trial_config(config, fixed)
-    trainer = Trainer(cfg)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load(os.path.join(folder, CHECKPOINT_FILE))
+def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
+    """The Tune function trainable (bind ``spec`` with ``tune.with_parameters``)."""
+    cfg = spec.trial_config(config)
+
     def report(evaluation: Evaluation, trainer: Trainer) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(os.path.join(folder, CHECKPOINT_FILE))
             tune.report(report_metrics(evaluation, cfg), checkpoint=tune.Checkpoint.from_directory(folder))
 
-    try:
-        trainer.run(report)
-    except DivergedError as err:
-        # Retrying a diverged config gives the same NaN: end the trial with its reason instead.
-        evaluation = trainer.evaluation("val")
-        metrics = report_metrics(evaluation, cfg)
+    def report_divergence(err: DivergedError, trainer: Trainer) -> None:
+        metrics = report_metrics(trainer.evaluation("val"), cfg)
         # A key of its own (the next iteration) and no score: it never reached an evaluation.
         metrics.update(val_miou=float("nan"), diverged=str(err), iteration=trainer.iteration + 1)
         tune.report(metrics)
+
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as folder:
+        try:
+            fit(cfg, resume_from=os.path.join(folder, CHECKPOINT_FILE) if folder else None,
+                on_evaluation=report, on_diverged=report_divergence)
+        except DivergedError:
+            pass  # retrying would give the same NaN: the trial ends with its reason, reported above
 

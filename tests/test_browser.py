@@ -96,3 +96,38 @@ def test_the_browser_check_fails_on_a_page_that_throws_or_has_an_empty_figure(br
     figures = _open(browser, page, 1)
     assert figures[0]["filled"] == 0
     assert any("boom" in entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE")
+
+
+def test_parallel_coordinates_titles_of_the_default_space_do_not_overlap(browser, tmp_path):
+    """Eleven params with long names side by side: each axis title keeps clear of its neighbours."""
+    import json
+
+    import optuna
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    from search_spaces import get_space
+    from study.report import StudyData
+    from study.report.sweep import parallel_coordinates
+
+    space, study = get_space("default"), optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trials, params = [], {}
+    for number in range(6):
+        trial = study.ask()
+        space.suggest(trial)
+        params.update(trial.distributions)
+        trials.append({"trial_id": f"t{number}", "status": "finished", "best_val_miou": 0.1 * number,
+                       "params": json.dumps(trial.params)})
+    fig = parallel_coordinates(StudyData("s", tmp_path, trials, [], params))
+    axes = len(fig.data[0].dimensions)  # the params every trial sampled, and the score
+    assert axes >= 11
+    page = tmp_path / "parcoords.html"
+    page.write_text(f"<html><head><script>{get_plotlyjs()}</script></head><body style='width:1300px'>"
+                    + pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="fig-parallel")
+                    + "</body></html>")
+    _open(browser, page, 1)
+    boxes = browser.execute_script("""return Array.from(document.querySelectorAll('#fig-parallel .axis-title'))
+        .map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right, r.top, r.bottom]; });""")
+    assert len(boxes) == axes
+    for (left, right, top, bottom), (left2, right2, top2, bottom2) in zip(boxes, boxes[1:]):
+        assert right < left2 or bottom < top2 or bottom2 < top, (boxes, "two axis titles overlap")

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from trainer.config import ConfigError, TrainConfig, parse_assignment
-from trainer.presets import preset
+from trainer.config import ConfigError, TrainConfig, parse_assignment, preset
 
 
 def test_defaults_are_the_papers():

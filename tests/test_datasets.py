@@ -143,6 +143,26 @@ def test_voc_tree_loads_with_its_classes_ignore_label_and_split_files(tmp_path):
             assert (labels[:, 0] == 255).all() and set(labels[:, 4:12, 4:20].flatten().tolist()) <= set(range(21))
 
 
+def test_voc_data_root_may_be_the_archive_root_above_the_voc2012_folder(tmp_path):
+    tree = _voc(tmp_path / "VOCdevkit" / "VOC2012")
+    for root in (tmp_path, tmp_path / "VOCdevkit", tree):
+        data = build_data(_cfg("voc", root, labeled_fraction=0.25))
+        assert len(data.labeled) == 2 and len(data.unlabeled) == 6 and len(data.val) + len(data.test) == 4
+    # The split lists live next to the tree, whichever root names it.
+    assert (tree / "splits" / "voc" / "0.25_0" / "labeled.txt").is_file()
+    assert not (tmp_path / "splits").exists() and not (tmp_path / "VOCdevkit" / "splits").exists()
+
+
+def test_a_voc_data_root_without_the_tree_names_the_folder_to_use(tmp_path):
+    tree = _voc(tmp_path / "VOCtrainval_11-May-2012" / "VOCdevkit" / "VOC2012")
+    with pytest.raises(ConfigError, match="holds no VOC 2012 tree") as err:
+        build_data(_cfg("voc", tmp_path))
+    assert f"data_root={tree}" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no VOC 2012 tree.*VOCdevkit/VOC2012"):
+        build_data(_cfg("voc", tmp_path / "empty"))
+
+
 def test_images_smaller_than_the_crop_are_padded_with_the_mean_and_ignored(tmp_path):
     from trainer.data.pools import PAD_COLOUR
 

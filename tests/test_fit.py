@@ -80,14 +80,26 @@ def test_divergence_is_reported():
         trainer.train_step()
 
 
+def test_the_fault_switch_diverges_at_its_iteration_and_on_diverged_sees_the_trainer():
+    seen = []
+    with pytest.raises(DivergedError, match=r"^loss is nan at iteration 3 \(parts: "):
+        fit(_cfg(fault_nan_at=3), on_diverged=lambda err, trainer: seen.append(trainer.iteration))
+    assert seen == [3]
+
+
 def test_short_fit_learns_above_all_background():
-    """With a briefly pretrained backbone, 300 supervised steps beat predicting background everywhere."""
+    """With a briefly pretrained backbone, 300 supervised steps beat predicting background everywhere.
+
+    Another CPU rounds differently and so trains another run: the margins must hold for any seed.
+    At lr 0.01 (seeds 0-4) the final mIoU clears the bar by 0.05-0.08 and gains 0.03-0.07 from the
+    first evaluation; at lr 0.02 it cleared it by 0.01-0.04, and barely rose for seed 1.
+    """
     cfg = _cfg(pretrained="auto", pretrain_steps=300, image_size=48, digits_scenes=200, digits_eval_scenes=60,
-               iterations=300, eval_every=100, lr=0.02, batch_labeled=8, labeled_fraction=0.5,
+               iterations=300, eval_every=100, lr=0.01, batch_labeled=8, labeled_fraction=0.5,
                pseudo_label_weight=0.0, entropy_weight=0.0, contrastive_weight_labeled=0.0,
                contrastive_weight_unlabeled=0.0, eval_model="student")  # the EMA teacher lags 200 steps
     reports = []
-    final = fit(cfg, on_evaluation=lambda evaluation, trainer: reports.append(evaluation))
+    final = fit(cfg, on_evaluation=lambda evaluation, trainer: reports.append(evaluation)).last
     assert [r.iteration for r in reports] == [100, 200, 300]
     data = build_data(cfg)
     background = float((data.val.labels == 0).double().mean())
@@ -107,6 +119,21 @@ def test_cli_train_writes_metrics_and_checkpoint(tmp_path):
     assert [line.get("iteration") for line in lines] == [3, 6, 6] and lines[-1]["final"]
     assert 0 <= lines[-1]["test_miou"] <= 1 and (out / "checkpoint.pt").is_file()
     assert "test mIoU" in result.stdout
+
+
+def test_cli_train_resumes_as_configured_and_appends_to_the_metrics(tmp_path, capsys):
+    from study.cli import main
+
+    out = tmp_path / "run"
+    assignments = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(iterations=6, eval_every=3).items()]
+    assert main(["train", "--out", str(out), "--set", *assignments]) == 0
+    # No --config: the checkpoint's own config, with --set values on top.
+    assert main(["train", "--resume", str(out / "checkpoint.pt"), "--set", "iterations=9", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["iteration"], line.get("final", False)) for line in lines] == [
+        (3, False), (6, False), (6, True), (9, False), (9, True)]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["iterations"] == 9 and saved["image_size"] == 32 and saved["pretrained"] == "none"
 
 
 @pytest.mark.parametrize("args, message", [

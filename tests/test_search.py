@@ -65,3 +65,29 @@ def test_trial_threads_leave_room_for_data_workers():
     assert spec.base_config()["threads"] == 2
     assert StudySpec(name="c", cpus_per_trial=2, fixed={"workers": 4}).base_config()["threads"] == 1
     assert StudySpec(name="d", cpus_per_trial=6, fixed={"workers": 4, "threads": 3}).base_config()["threads"] == 3
+
+
+def test_the_private_ray_attributes_we_use_exist_and_a_renamed_one_fails_loudly(tmp_path):
+    import optuna
+    import pytest
+
+    from search_spaces import get_space
+    from study import ray_internals
+    from study.search import DefineByRun, StudySearcher
+
+    searcher = StudySearcher(space=DefineByRun(get_space("default")), metric="val_miou", mode="max",
+                             sampler=optuna.samplers.RandomSampler(seed=0), study_name="internals")
+    scheduler = PersistentASHA(tmp_path / "rungs.json", max_t=90, grace_period=10, reduction_factor=3)
+    # Each access the study makes returns what it expects (the constructors check it too).
+    assert isinstance(ray_internals.optuna_study(searcher), optuna.Study)
+    assert ray_internals.optuna_trials(searcher) == {} and ray_internals.completed_trials(searcher) == set()
+    (bracket,) = ray_internals.asha_brackets(scheduler)
+    assert [m for m, _ in ray_internals.bracket_rungs(bracket)] == [90, 30, 10]
+    assert ray_internals.asha_trial_info(scheduler) == {}
+
+    del searcher._ot_trials  # what a Ray release that renamed it would look like
+    with pytest.raises(ray_internals.RayInternalsError, match=r"OptunaSearch\._ot_trials is missing"):
+        ray_internals.check(searcher, "OptunaSearch")
+    bracket._rungs = tuple(bracket._rungs)
+    with pytest.raises(ray_internals.RayInternalsError, match=r"ASHA bracket\._rungs is a tuple"):
+        ray_internals.check(scheduler, "ASHAScheduler")

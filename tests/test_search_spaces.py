@@ -9,8 +9,7 @@ import optuna
 import pytest
 
 from search_spaces import BUILTIN, SearchSpace, get_space, load_space_file
-from trainer.config import ConfigError, TrainConfig
-from trainer.presets import preset
+from trainer.config import ConfigError, TrainConfig, preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

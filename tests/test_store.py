@@ -15,24 +15,28 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from study import records
 from study import store as store_module
-from study.store import (LOSS_PARTS, REPORT_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, VERSION_KEY, ResultStore,
-                         StoreError, flatten_report, reports_schema, status_table, trials_schema)
+from study.cli import status_table
+from study.records import REPORTS, SCHEMA_VERSION, TRIALS, VERSION_KEY, evaluation_metrics, report_row
+from study.store import ResultStore, StoreError
+from trainer.evaluation import LOSS_PARTS, Evaluation
+
+REPORT_FIELDS, TRIAL_FIELDS = REPORTS.fields, TRIALS.fields
 
 CONFIG = {"dataset": "digits", "lr": 0.01, "iterations": 12, "hflip": False, "aspp_dilations": [6, 12, 18, 24],
           "contrastive_loss": "paper"}
 
 
-def _metrics(iteration: int, miou: float = 0.5) -> dict:
-    """What trainer.fit.Evaluation.as_dict() returns."""
-    return {"iteration": iteration, "split": "val", "miou": miou, "iou": [0.9, float("nan"), 0.1],
-            "losses": {part: 0.1 * (i + 1) for i, part in enumerate(LOSS_PARTS)},
-            "bank_fill": [1.0, 0.5, 0.0], "images_per_second": 123.5, "lr": 0.009, "train_seconds": 4.25}
+def _evaluation(iteration: int, miou: float = 0.5) -> Evaluation:
+    return Evaluation(iteration=iteration, split="val", miou=miou, iou=[0.9, float("nan"), 0.1],
+                      losses={part: 0.1 * (i + 1) for i, part in enumerate(LOSS_PARTS)},
+                      bank_fill=[1.0, 0.5, 0.0], images_per_second=123.5, lr=0.009, train_seconds=4.25)
 
 
 def _row(trial: str, iteration: int, config: dict | None = None, miou: float = 0.5) -> dict:
-    return flatten_report("s", trial, _metrics(iteration, miou), CONFIG if config is None else config,
-                          "10.0.0.7", 7.5)
+    return report_row("s", trial, evaluation_metrics(_evaluation(iteration, miou)),
+                      CONFIG if config is None else config, "10.0.0.7", 7.5)
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -71,26 +75,26 @@ def test_reports_round_trip_keeps_every_value_and_type(tmp_path):
     assert pq.read_metadata(part).metadata[VERSION_KEY] == str(SCHEMA_VERSION).encode()
 
 
-def test_flatten_report_takes_a_real_evaluation():
-    from trainer.fit import LOSS_PARTS as TRAINER_LOSS_PARTS
-    from trainer.fit import Evaluation
+def test_a_report_row_takes_a_real_evaluation():
+    from trainer.fit import Evaluation as TrainerEvaluation
 
-    assert LOSS_PARTS == TRAINER_LOSS_PARTS  # the store's columns follow the trainer's loss parts
+    assert TrainerEvaluation is Evaluation  # the records' columns follow the trainer's own class
     evaluation = Evaluation(iteration=4, split="val", miou=0.25, iou=[0.5, 0.0], losses=dict.fromkeys(LOSS_PARTS, 1.0),
                             bank_fill=[0.5, 0.5], images_per_second=10.0, lr=0.1, train_seconds=2.0)
-    row = flatten_report("s", "t", evaluation.as_dict(), {"lr": 0.1}, "host", 3.0)
+    row = report_row("s", "t", evaluation_metrics(evaluation), {"lr": 0.1}, "host", 3.0)
     assert set(row) == set(REPORT_FIELDS.names) | {"config.lr"}
+    assert (row["val_miou"], row["loss_total"], row["train_seconds"]) == (0.25, 1.0, 2.0)
     with pytest.raises(ValueError, match="split 'test'"):
-        flatten_report("s", "t", {**evaluation.as_dict(), "split": "test"}, {}, "host", 3.0)
+        evaluation_metrics(Evaluation(**{**evaluation.as_dict(), "split": "test"}))
     with pytest.raises(ValueError, match="unknown loss part"):
-        flatten_report("s", "t", {**evaluation.as_dict(), "losses": {"new_term": 1.0}}, {}, "host", 3.0)
+        evaluation_metrics(Evaluation(**{**evaluation.as_dict(), "losses": {"new_term": 1.0}}))
 
 
 def test_schemas_are_the_fixed_columns_then_the_config():
-    schema = reports_schema(CONFIG)
+    schema = REPORTS.schema(CONFIG)
     assert schema.names == REPORT_FIELDS.names + [f"config.{k}" for k in CONFIG]
     assert schema.metadata[VERSION_KEY] == str(SCHEMA_VERSION).encode()
-    assert trials_schema({"lr": 0.1}).names == TRIAL_FIELDS.names + ["config.lr"]
+    assert TRIALS.schema({"lr": 0.1}).names == TRIAL_FIELDS.names + ["config.lr"]
 
 
 def test_duplicate_keys_are_dropped_within_a_call_and_after_a_restart(tmp_path):
@@ -226,7 +230,7 @@ def test_an_empty_store_reads_as_empty_tables_with_the_fixed_columns(tmp_path):
     assert store.reports().num_rows == 0 and store.reports().schema.names == REPORT_FIELDS.names
     assert store.trials().num_rows == 0 and store.trials().schema.names == TRIAL_FIELDS.names
     assert store.existing_keys() == set() and store.compact() == 0
-    assert status_table(store.trials()) == "no trials yet"
+    assert status_table(store.trials().to_pylist()) == "no trials yet"
 
 
 def test_compact_merges_the_parts_into_one_without_changing_the_rows(tmp_path):
@@ -288,7 +292,7 @@ def test_status_table_lists_the_best_trial_first(tmp_path):
         {"trial_id": "high", "status": "finished", "best_val_miou": 0.6789, "iterations": 12, "wall_seconds": 61.4},
         {"trial_id": "mid", "status": "running", "best_val_miou": 0.5, "iterations": 6, "wall_seconds": 30.0},
     ])
-    lines = status_table(store.trials()).splitlines()
+    lines = status_table(store.trials().to_pylist()).splitlines()
     assert lines[0].split()[:2] == ["trial", "status"]
     assert [line.split()[0] for line in lines[1:]] == ["high", "mid", "low", "none"]
     assert lines[1].split()[:5] == ["high", "finished", "67.9", "12", "61"]
@@ -297,6 +301,16 @@ def test_status_table_lists_the_best_trial_first(tmp_path):
 
 
 def test_the_docstring_documents_every_column():
-    doc = store_module.__doc__
+    doc = records.__doc__
     documented = set(re.findall(r"^(\w+)\s{2,}", doc, flags=re.M)) - {"column"}
-    assert set(REPORT_FIELDS.names) | set(TRIAL_FIELDS.names) <= documented
+    assert set(REPORT_FIELDS.names) | set(TRIAL_FIELDS.names) | set(records.RETRAIN.names) <= documented
+
+
+def test_the_readme_tables_name_every_column_of_the_records():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## The Parquet store"):readme.index("## When things go wrong")]
+    for table in records.TABLES.values():
+        start = section.index(f"| {table.name} column |")
+        rows = section[start:section.index("\n\n", start)]
+        named = {name.strip() for line in rows.splitlines()[2:] for name in line.split("|")[1].split(",")}
+        assert set(table.names) <= named, (table.name, sorted(set(table.names) - named))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from trainer.atomic import atomic_write
 
 
 def cache_dir() -> Path:
@@ -32,7 +33,6 @@ def cached_tensors(name: str, make: Callable[[], Any]) -> Any:
             pass  # a damaged file is made again below
     value = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".", suffix=".tmp", delete=False) as handle:
+    with atomic_write(path) as handle:
         torch.save(value, handle)
-    os.replace(handle.name, path)
     return value

@@ -1,8 +1,9 @@
 """TrainConfig: every number of the method in one dataclass, with the paper's values.
 
 The defaults are those of the paper and its official code for PASCAL VOC
-(Alonso et al., ICCV 2021). A dataset preset (see ``trainer.presets``) changes
-the few values a dataset needs, the embedded ``digits`` data first of all.
+(Alonso et al., ICCV 2021). A dataset preset (``preset(name)``, its values in
+``trainer.presets``) changes the few values a dataset needs, the embedded ``digits``
+data first of all.
 
 A config is plain data: it round-trips through JSON, and ``validate`` checks
 every field against a declared range so that a typo or a bad value is an error
@@ -12,11 +13,15 @@ that names the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from trainer.atomic import write_text_atomic
+from trainer.presets import PRESETS
 
 
 class ConfigError(ValueError):
@@ -39,6 +44,15 @@ def _spec(default: Any, help: str, *, low: float | None = None, high: float | No
 
 @dataclass
 class TrainConfig:
+    """Every number of one training run.
+
+    ``TrainConfig()`` holds the paper's PASCAL VOC values: the reference the presets and the
+    search spaces' paper points are read from, not a config to run (its ``dataset`` field
+    reads 'digits' all the same, and it does not validate).
+    ``TrainConfig.from_dict({...})`` starts from ``preset(values["dataset"])`` (``digits``
+    if absent) and validates the result; JSON files and ``--set`` values go through it.
+    """
+
     # --- data and budget -------------------------------------------------------------
     dataset: str = _spec("digits", "dataset name", choices=("digits", "voc", "cityscapes", "gta5_cityscapes"))
     data_root: str = _spec("", "root folder of a real dataset (unused by digits)")
@@ -147,6 +161,12 @@ class TrainConfig:
     official_classmix_count: bool = _spec(False, "ClassMix takes floor(n/2)+1 classes instead of half")
     official_teacher_train_mode: bool = _spec(False, "teacher runs in train mode (batch statistics)")
 
+    # --- fault injection -----------------------------------------------------------------
+    # For fault-injection tests: a divergence that happens on every machine, where a large
+    # learning rate blows up or not depending on the CPU's floating-point rounding.
+    fault_nan_at: int = _spec(-1, "fault tests: make the loss NaN at this iteration (-1 = never)",
+                              low=-1, high=10**8)
+
     # ------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -179,18 +199,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, base: "TrainConfig | None" = None) -> "TrainConfig":
-        """Build a config from ``values`` on top of ``base`` (the dataset's preset if omitted)."""
+        """A validated config: ``values`` on top of ``base``.
+
+        Without ``base`` the starting point is the preset of the dataset ``values["dataset"]``
+        names, ``digits`` if absent; not ``TrainConfig()``, which holds the paper's VOC values.
+        """
         unknown = sorted(set(values) - field_names())
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0]))
         if base is None:
-            from trainer.presets import preset
             base = preset(values.get("dataset", "digits"))
         merged = {**base.to_dict(), **values}
         return cls(**{k: _coerce(k, v) for k, v in merged.items()}).validate()
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -211,6 +234,14 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict(changes, base=self)
+
+
+def preset(name: str) -> TrainConfig:
+    """The paper's config with dataset ``name``'s changes applied (not validated: data_root
+    and the pretrained weights of a real dataset are the user's to give)."""
+    if name not in PRESETS:
+        raise ConfigError(f"dataset = {name!r} has no preset: choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**{**TrainConfig().to_dict(), **PRESETS[name]})
 
 
 def field_names() -> set[str]:
@@ -238,10 +269,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 # --- validation helpers -------------------------------------------------------------------
 
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest option, or "" when none is close."""
+    close = difflib.get_close_matches(word, sorted(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _unknown_key_message(key: str) -> str:
-    import difflib
-    close = difflib.get_close_matches(key, sorted(field_names()), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else "; see `semiseg-study train --help-config`"
+    hint = did_you_mean(key, field_names()) or "; see `semiseg-study train --help-config`"
     return f"unknown TrainConfig key {key!r}{hint}"
 
 

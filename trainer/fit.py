@@ -11,13 +11,15 @@
 4. the student's labeled and unlabeled pixel vectors -> contrastive loss against the bank;
 5. SGD with poly learning rate, then the teacher follows the student (EMA).
 
-``fit(cfg)`` runs the steps, evaluates every ``eval_every`` iterations, hands each
-evaluation to a callback and returns the last one. Nothing here knows of Ray or Optuna.
+``fit(cfg)`` is the one driver of a run: it runs the steps, evaluates every ``eval_every``
+iterations, hands each evaluation to a callback, and can write a run folder, show progress
+and score the test split at the end. Nothing here knows of Ray or Optuna.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,17 +30,19 @@ import torch
 import torch.nn.functional as F
 
 from trainer import losses
+from trainer.atomic import atomic_write
 from trainer.config import ConfigError, TrainConfig, first_line
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
+from trainer.evaluation import LOSS_PARTS, Evaluation
 from trainer.memory_bank import ClassMemoryBank, bank_candidates
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
 from trainer.models.selectors import rescale_to_mean_one
+from trainer.progress import ProgressBars
 from trainer.teacher import ema_momentum, update_teacher
 
-LOSS_PARTS = ("supervised", "pseudo_label", "entropy", "contrastive_labeled", "contrastive_unlabeled", "total")
 CHECKPOINT_VERSION = 1
 
 
@@ -48,24 +52,6 @@ class CheckpointError(ConfigError):
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite: the config diverged."""
-
-
-@dataclass
-class Evaluation:
-    """What one evaluation reports: the study stores every field of it."""
-
-    iteration: int
-    split: str
-    miou: float
-    iou: list[float]                 # per class, NaN where a class never occurs
-    losses: dict[str, float]         # mean of each loss part since the previous evaluation
-    bank_fill: list[float]           # per class, fraction of bank_size in use
-    images_per_second: float
-    lr: float
-    train_seconds: float             # training time so far, evaluations excluded
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,6 +160,8 @@ class Trainer:
                  + cfg.entropy_weight * parts["entropy"]
                  + cfg.contrastive_weight_labeled * parts["contrastive_labeled"]
                  + cfg.contrastive_weight_unlabeled * parts["contrastive_unlabeled"])
+        if it == cfg.fault_nan_at:
+            total = torch.full_like(total, math.nan)
         if not torch.isfinite(total):
             raise DivergedError(f"loss is {total.item()} at iteration {it} (parts: "
                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()) + ")")
@@ -422,43 +410,121 @@ class Trainer:
         self._loss_steps = state["loss_steps"]
 
     def save(self, path: str | Path) -> None:
-        import os
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as handle:
+            torch.save(self.state_dict(), handle)
 
     def load(self, path: str | Path) -> None:
-        # On the CPU first: RNG states must be CPU tensors; modules and the bank move themselves.
-        # weights_only: a checkpoint is data; a pickle that would run code is refused.
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
-            raise CheckpointError(f"{path}: not a readable trainer checkpoint ({first_line(err)})") from None
+        state = _read_checkpoint(path)
         try:
             self.load_state_dict(state)
         except CheckpointError as err:
             raise CheckpointError(f"{path}: {err}") from None
 
 
-def fit(cfg: TrainConfig, data: SegmentationData | None = None,
-        on_evaluation: Callable[[Evaluation, Trainer], None] | None = None,
-        resume_from: str | Path | None = None,
-        progress: Callable[[str, int, int], None] | None = None) -> Evaluation:
-    """Train ``cfg`` to the end; evaluate on val every ``eval_every`` iterations and at the end.
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig values a checkpoint of ``Trainer.save`` was written with."""
+    state = _read_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path}: not a trainer checkpoint (it holds no config)")
+    return state["config"]
 
-    ``on_evaluation(evaluation, trainer)`` sees each evaluation (and can save the trainer);
-    ``resume_from`` continues from a checkpoint written by ``Trainer.save``;
-    ``progress(stage, done, total)`` is told of pretraining and training progress.
+
+def _read_checkpoint(path: str | Path) -> Any:
+    # On the CPU first: RNG states must be CPU tensors; modules and the bank move themselves.
+    # weights_only: a checkpoint is data; a pickle that would run code is refused.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, foreign or unsafe: the same one line
+        raise CheckpointError(f"{path}: not a readable trainer checkpoint ({first_line(err)})") from None
+
+
+@dataclass
+class FitResult:
+    """How a run ended: its last val evaluation and, with ``final_test``, its test scores."""
+
+    last: Evaluation
+    test_miou: float | None = None
+    test_iou: list[float] | None = None
+
+    # The last evaluation comes after the last step, so it holds the run's final numbers.
+    @property
+    def val_miou(self) -> float:
+        return self.last.miou
+
+    @property
+    def iteration(self) -> int:
+        return self.last.iteration
+
+    @property
+    def train_seconds(self) -> float:
+        return self.last.train_seconds
+
+    def final_record(self) -> dict[str, Any]:
+        """The last line of a run folder's metrics.jsonl."""
+        return {"final": True, "iteration": self.iteration, "val_miou": self.val_miou, "test_miou": self.test_miou,
+                "test_iou": self.test_iou, "train_seconds": self.train_seconds}
+
+
+def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
+        on_evaluation: Callable[[Evaluation, Trainer], None] | None = None,
+        on_diverged: Callable[[DivergedError, Trainer], None] | None = None,
+        resume_from: str | Path | None = None, out: str | Path | None = None,
+        progress: bool = False, final_test: bool = False) -> FitResult:
+    """Train ``cfg`` to the end: the one driver of a run (``semiseg-study train``, a Tune trial, a retrain run).
+
+    Evaluates on val every ``eval_every`` iterations and at the end.
+
+    - ``on_evaluation(evaluation, trainer)`` sees each evaluation (and can save the trainer);
+      ``on_diverged(error, trainer)`` sees a diverged run before its DivergedError propagates.
+    - ``resume_from``: a checkpoint written by ``Trainer.save`` to continue from.
+    - ``out``: a folder for config.json, checkpoint.pt (rewritten at each evaluation) and
+      metrics.jsonl (``Evaluation.as_dict()`` per evaluation, then ``FitResult.final_record()``;
+      a resumed run appends to it).
+    - ``progress``: bars for the pretraining and the training, and a line per evaluation.
+    - ``final_test``: score the test split at the end.
     """
-    trainer = Trainer(cfg, data, progress)
+    bars = ProgressBars(cfg.iterations) if progress else None
+    trainer = Trainer(cfg, data, bars)
     if resume_from is not None:
         trainer.load(resume_from)
-    last = trainer.run(on_evaluation, progress)
-    return last if last is not None else trainer.evaluation("val")  # resumed at the very end
+    if out is not None:  # only now: a config or a checkpoint that fails leaves no folder behind
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    def evaluated(evaluation: Evaluation, trainer: Trainer) -> None:
+        if out is not None:
+            trainer.save(out / "checkpoint.pt")
+            _append_json_line(out / "metrics.jsonl", evaluation.as_dict())
+        if bars is not None:
+            bars.evaluation(evaluation)
+        if on_evaluation is not None:
+            on_evaluation(evaluation, trainer)
+
+    try:
+        last = trainer.run(evaluated, bars)
+    except DivergedError as err:
+        if on_diverged is not None:
+            on_diverged(err, trainer)
+        raise
+    finally:
+        trainer.close()
+        if bars is not None:
+            bars.close()
+    result = FitResult(last if last is not None else trainer.evaluation("val"))  # None: resumed at the very end
+    if final_test:
+        result.test_miou, result.test_iou = trainer.evaluate("test")
+    if out is not None:
+        _append_json_line(out / "metrics.jsonl", result.final_record())
+    return result
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+def _append_json_line(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
 
 def _upsample(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)

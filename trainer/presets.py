@@ -1,15 +1,15 @@
 """Per-dataset presets: the few values a dataset changes on top of the paper's defaults.
 
 Like UniMatch's one short config per dataset. ``TrainConfig()`` holds the paper's
-PASCAL VOC values; ``preset(name)`` returns them with the dataset's changes.
+PASCAL VOC values; ``trainer.config.preset(name)`` returns them with the dataset's changes.
 Why each digits value differs from the paper is said in README.md ("Defaults").
+
+Plain data, importing nothing of the trainer: ``trainer.config`` reads it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from trainer.config import ConfigError, TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded scenes: 48x48 pixels, a small network, a CPU budget of minutes.
@@ -45,14 +45,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gta5_cityscapes": {"dataset": "gta5_cityscapes", "class_balance": "running", "image_size": 512,
                         "resize_height": 512, "batch_labeled": 5, "batch_unlabeled": 4},
 }
-
-
-def preset(name: str) -> TrainConfig:
-    """The paper's config with dataset ``name``'s changes applied."""
-    if name not in PRESETS:
-        raise ConfigError(f"dataset = {name!r} has no preset: choose one of {', '.join(PRESETS)}")
-    values = {**TrainConfig().to_dict(), **PRESETS[name]}
-    return TrainConfig(**values)
 
 
 # Every semi-supervised term off: the baseline a study's gain is measured against

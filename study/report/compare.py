@@ -8,6 +8,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from study.records import ERRORED, FINISHED, STOPPED
 from study.report.data import StudyData, esc, finite
 from study.report.sweep import MIOU, hover, scored, table_height
 
@@ -66,13 +67,13 @@ def compare_table(studies: list[StudyData]) -> go.Figure:
               "wall (min)", "trial time (min)"]
     columns: list[list] = [[] for _ in header]
     for data in studies:
-        count = {s: sum(t.get("status") == s for t in data.trials) for s in ("finished", "stopped", "errored")}
+        count = {s: sum(t.get("status") == s for t in data.trials) for s in (FINISHED, STOPPED, ERRORED)}
         ranked = data.ranked
         ends = [t["ended"] for t in data.trials if t.get("ended")]
         wall = (max(ends) - data.start()).total_seconds() / 60 if ends and data.start() else float("nan")
         busy = sum(t.get("wall_seconds") or 0.0 for t in data.trials) / 60
-        for column, value in zip(columns, [esc(data.name), esc(_how(data)), len(data.trials), count["finished"],
-                                           count["stopped"], count["errored"],
+        for column, value in zip(columns, [esc(data.name), esc(_how(data)), len(data.trials), count[FINISHED],
+                                           count[STOPPED], count[ERRORED],
                                            f"{100 * ranked[0]['best_val_miou']:.1f}" if ranked else "-",
                                            f"{wall:.1f}", f"{busy:.1f}"]):
             column.append(value)

@@ -17,9 +17,10 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, json_to_distribution
 
-from study.ranking import NoFinishedTrialError, ranked_trials
+from study.ranking import ranked_study, ranked_trials
 from study.store import ResultStore, StoreError
 from trainer.classes import CLASSES
+
 
 def esc(text: Any) -> str:
     """User text (names, errors, paths) made inert for HTML and for Plotly's HTML-like labels."""
@@ -67,22 +68,14 @@ def load_study(folder: Path, require_scores: bool = True) -> StudyData:
                          f"--dir, e.g. `semiseg-study report NAME --dir studies`")
     store = ResultStore(folder, folder.name)
     trials = store.trials().to_pylist()
-    if require_scores and not ranked_trials(trials):
-        what = f"{len(trials)} trials, none with an evaluation" if trials else "no trials"
-        raise NoFinishedTrialError(f"study {folder.name!r} has {what}: nothing to report yet; run or resume it "
-                                   f"(`semiseg-study run --resume {folder.name}`) until a trial reports")
+    if require_scores:
+        ranked_study(folder, rows=trials, what_for=": nothing to report yet")
     reports = sorted(store.reports().to_pylist(), key=lambda r: (r["trial_id"], r["iteration"]))
     params: dict[str, BaseDistribution] = {}
     for row in trials:
         for name, dist in json.loads(row.get("distributions") or "{}").items():
             params.setdefault(name, json_to_distribution(json.dumps(dist)))
-    retrain_dir = folder / "retrain"
-    retrain: list[dict[str, Any]] = []
-    if retrain_dir.is_dir():
-        from study.retrain import read_results
-
-        retrain = read_results(folder)
-    return StudyData(folder.name, folder, trials, reports, params, retrain)
+    return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist())
 
 
 def finite(value: Any) -> bool:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +11,10 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from study.report import compare, sweep, trials
+from study.report.retrain import retrain_figures
 from study.report.data import StudyData, esc, load_study
+from study.records import STATUSES
+from trainer.atomic import write_text_atomic
 
 # (id, heading, how to read it, builder): the page's figures, in reading order.
 Section = tuple[str, str, str, Callable[[StudyData], go.Figure]]
@@ -51,11 +52,9 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
     for key, heading, hint, build in SECTIONS:
         parts.append(f"<h2>{esc(heading)}</h2><p class='hint'>{esc(hint)}</p>{_div(build(data), key)}")
     if data.retrain:
-        from study.retrain import retrain_figures
-
         parts.append("<h2>Retrained on seeds (test split)</h2>")
         parts += [_div(fig, f"retrain-{i}") for i, fig in enumerate(retrain_figures(data.retrain))]
-    counts = {s: sum(t.get("status") == s for t in data.trials) for s in ("finished", "stopped", "errored", "running")}
+    counts = {s: sum(t.get("status") == s for t in data.trials) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     meta = f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">' if refresh and running else ""
     state = "running; this page reloads itself" if refresh and running else "as stored"
@@ -81,9 +80,7 @@ def write_report(folder: Path, out: Path, compare_with: list[Path] = (), refresh
     page = render(data, others, refresh=refresh, running=running)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)  # a browser reloading mid-write sees the old page or the new one
+    write_text_atomic(out, page)  # a browser reloading mid-write sees the old page or the new one
     return out
 
 

@@ -12,9 +12,10 @@ from optuna.distributions import CategoricalDistribution
 from plotly.subplots import make_subplots
 
 from search_spaces.space import quiet_optuna
+from study.records import ERRORED, FINISHED, RUNNING, STOPPED
 from study.report.data import StudyData, esc, finite, params_of
 
-STATUS_COLOURS = {"finished": "#2a9d8f", "stopped": "#e9c46a", "errored": "#e63946", "running": "#457b9d"}
+STATUS_COLOURS = dict(zip((FINISHED, STOPPED, ERRORED, RUNNING), ("#2a9d8f", "#e9c46a", "#e63946", "#457b9d")))
 MIOU = "val mIoU (%)"
 
 
@@ -48,7 +49,7 @@ def hover(row: dict[str, Any], score: float | None = None) -> str:
 
 
 def scored(data: StudyData) -> list[dict[str, Any]]:
-    return [t for t in data.trials if finite(t.get("best_val_miou")) and t.get("status") != "errored"]
+    return [t for t in data.trials if finite(t.get("best_val_miou")) and t.get("status") != ERRORED]
 
 
 def best_so_far(data: StudyData) -> go.Figure:
@@ -89,14 +90,24 @@ def _axis_values(name: str, dist: Any, values: list[Any]) -> dict[str, Any]:
     """A parallel-coordinates axis: log params on a log10 scale, categories as labelled codes."""
     if isinstance(dist, CategoricalDistribution):
         choices = list(dist.choices)
-        return dict(label=esc(name), values=[choices.index(v) for v in values],
+        return dict(label=axis_label(name), values=[choices.index(v) for v in values],
                     tickvals=list(range(len(choices))), ticktext=[esc(c) for c in choices])
     if getattr(dist, "log", False):
         ticks = [dist.low, math.sqrt(dist.low * dist.high), dist.high]
-        return dict(label=esc(name), values=[math.log10(v) for v in values],
+        return dict(label=axis_label(name), values=[math.log10(v) for v in values],
                     range=[math.log10(dist.low), math.log10(dist.high)],
                     tickvals=[math.log10(t) for t in ticks], ticktext=[f"{t:.3g}" for t in ticks])
-    return dict(label=esc(name), values=list(values), range=[dist.low, dist.high])
+    return dict(label=axis_label(name), values=list(values), range=[dist.low, dist.high])
+
+
+def axis_label(name: str, width: int = 12) -> str:
+    """A param name broken after its underscores into lines of about ``width`` characters, so that the
+    titles of a dozen axes side by side do not run into each other (Plotly does not wrap them)."""
+    lines = [""]
+    for word in (w + "_" for w in esc(name).split("_")):
+        lines[-1:] = [lines[-1] + word] if len(lines[-1]) + len(word) <= width + 1 or not lines[-1] else \
+            [lines[-1], word]
+    return "<br>".join(lines)[:-1]
 
 
 def parallel_coordinates(data: StudyData) -> go.Figure:
@@ -107,10 +118,13 @@ def parallel_coordinates(data: StudyData) -> go.Figure:
     dims = [_axis_values(n, data.params[n], [params_of(t)[n] for t in trials]) for n in shared]
     scores = [100 * t["best_val_miou"] for t in trials]
     dims.append(dict(label=MIOU, values=scores))
-    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=scores, colorscale="Viridis", showscale=True,
-                                                             colorbar=dict(title=MIOU))))
+    # Titles below the axes: wrapped titles grow downwards, into the top ticks if placed above.
+    fig = go.Figure(go.Parcoords(dimensions=dims, labelside="bottom",
+                                 line=dict(color=scores, colorscale="Viridis", showscale=True, colorbar=dict(title=MIOU))))
     note = f" ({', '.join(map(esc, left_out))}: only some trials sample it, see its slice)" if left_out else ""
-    fig.update_layout(title=f"Parameters of {len(trials)} trials, coloured by best val mIoU{note}")
+    lines = max(d["label"].count("<br>") + 1 for d in dims)
+    fig.update_layout(title=f"Parameters of {len(trials)} trials, coloured by best val mIoU{note}",
+                      margin=dict(b=40 + 16 * lines))
     return fig
 
 
@@ -172,8 +186,8 @@ def bank_temperature_contour(data: StudyData, x_name: str = "bank_size", y_name:
 
 def importance(data: StudyData) -> go.Figure:
     """fANOVA importance of the params, over the finished trials (Optuna's evaluator)."""
-    trials = [t for t in scored(data) if t["status"] == "finished"]
-    basis = "finished"
+    trials = [t for t in scored(data) if t["status"] == FINISHED]
+    basis = FINISHED
     if len(trials) < 2:  # a study cut short: fall back to every scored trial, and say so
         trials, basis = scored(data), "scored (fewer than 2 finished; early stops included)"
     fig = go.Figure()

@@ -8,6 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from study.records import ERRORED, STOPPED
 from study.report.data import StudyData, esc, finite, params_of
 from study.report.sweep import MIOU, STATUS_COLOURS, fmt, hover, table_height
 
@@ -18,7 +19,7 @@ def learning_curves(data: StudyData) -> go.Figure:
     """Val mIoU of every trial over its iterations; crosses where a trial was stopped early."""
     fig = go.Figure()
     rows = {t["trial_id"]: t for t in data.trials}
-    ends: dict[str, list[tuple[float, float, str]]] = {"stopped": [], "errored": []}
+    ends: dict[str, list[tuple[float, float, str]]] = {STOPPED: [], ERRORED: []}
     for trial_id in sorted({r["trial_id"] for r in data.reports}):
         row = rows.get(trial_id, {"trial_id": trial_id})
         points = [r for r in data.reports_of(trial_id) if finite(r["val_miou"])]
@@ -32,8 +33,8 @@ def learning_curves(data: StudyData) -> go.Figure:
             last = points[-1]
             ends[row["status"]].append((last["iteration"], 100 * last["val_miou"],
                                         f"{text}<br>{esc(row.get('stop_reason') or '')}"))
-    for status, symbol, label in (("stopped", "x", "stopped early (ASHA or time budget)"),
-                                  ("errored", "diamond", "errored")):
+    for status, symbol, label in ((STOPPED, "x", "stopped early (ASHA or time budget)"),
+                                  (ERRORED, "diamond", "errored")):
         if ends[status]:
             xs, ys, texts = zip(*ends[status])
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=label, hovertext=texts, hoverinfo="text",

@@ -4,7 +4,8 @@ Layouts under ``data_root``:
 
 * voc: ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png`` (21 classes; falls back to
   ``SegmentationClass``), lists ``ImageSets/Segmentation/train_aug.txt`` (or ``train.txt``)
-  and ``val.txt``;
+  and ``val.txt``; ``data_root`` is that VOC2012 folder, or the archive's root above it
+  (holding ``VOCdevkit/VOC2012``, or ``VOCdevkit`` itself);
 * cityscapes: ``leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png`` and
   ``gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png`` (labelIds -> the 19 train ids);
 * gta5_cityscapes: ``gta5/images/<n>.png`` and ``gta5/labels/<n>.png`` (labelIds) next to
@@ -76,14 +77,35 @@ def _halves(names: list[str]) -> tuple[list[str], list[str]]:
     return sorted(shuffled[:middle]), sorted(shuffled[middle:])
 
 
-def _train_split(cfg: TrainConfig, names: list[str], dataset: str) -> tuple[list[str], list[str]]:
-    return load_or_make(names, splits_root(_root(cfg)), dataset, cfg.labeled_fraction, cfg.split_seed,
+def _train_split(cfg: TrainConfig, names: list[str], dataset: str,
+                 tree: Path | None = None) -> tuple[list[str], list[str]]:
+    """The labeled and unlabeled names; made split lists go next to ``tree`` (default: data_root)."""
+    return load_or_make(names, splits_root(tree or _root(cfg)), dataset, cfg.labeled_fraction, cfg.split_seed,
                         cfg.labeled_list, cfg.unlabeled_list)
+
+
+# Where the VOC2012 folder sits below the root of the archive (VOCtrainval_11-May-2012.tar).
+_VOC_PLACES = (".", "VOC2012", "VOCdevkit/VOC2012")
+
+
+def _voc_root(cfg: TrainConfig) -> Path:
+    """The VOC2012 folder (the one holding JPEGImages): data_root, or where the archive puts it below."""
+    root = _root(cfg)
+    for place in _VOC_PLACES:
+        if (root / place / "JPEGImages").is_dir():
+            return root / place
+    # A level or two deeper (an archive unpacked into a folder of its own): name it rather than guess.
+    found = sorted(p.parent for pattern in ("*/VOC2012/JPEGImages", "*/*/VOC2012/JPEGImages")
+                   for p in root.glob(pattern) if p.is_dir())
+    hint = (f"; the VOC 2012 folder seems to be {found[0]}: give data_root={found[0]}" if found else
+            "; give the VOC2012 folder of the archive (VOCdevkit/VOC2012), or the folder that holds VOCdevkit")
+    raise ConfigError(f"data_root {cfg.data_root!r} holds no VOC 2012 tree (no JPEGImages/ in it, in VOC2012/ "
+                      f"or in VOCdevkit/VOC2012/){hint}")
 
 
 def voc(cfg: TrainConfig) -> SegmentationData:
     """PASCAL VOC 2012 with the SBD labels: 21 classes, background first."""
-    root = _root(cfg)
+    root = _voc_root(cfg)
     lists = root / "ImageSets" / "Segmentation"
     train_list = lists / "train_aug.txt" if (lists / "train_aug.txt").is_file() else lists / "train.txt"
     labels = root / "SegmentationClassAug"
@@ -93,7 +115,7 @@ def voc(cfg: TrainConfig) -> SegmentationData:
     def files(ids: list[str]) -> ImageFiles:
         return _files(cfg, [(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png") for i in ids], len(VOC_CLASSES))
 
-    labeled, unlabeled = _train_split(cfg, read_list(train_list), "voc")
+    labeled, unlabeled = _train_split(cfg, read_list(train_list), "voc", tree=root)
     val, test = _halves(read_list(lists / "val.txt"))
     return SegmentationData(_train_pool(cfg, files(labeled)), _train_pool(cfg, files(unlabeled), labeled=False),
                             _eval_images(cfg, files(val)), _eval_images(cfg, files(test)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from trainer.atomic import write_text_atomic
 from trainer.config import ConfigError
 from trainer.data.files import read_list
 
@@ -49,9 +50,7 @@ def load_or_make(names: list[str], root: Path, dataset: str, fraction: float, se
     labeled, unlabeled = make_split(names, fraction, seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, lines in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(folder / name)
+        write_text_atomic(folder / name, "\n".join(lines) + "\n")
     return labeled, unlabeled
 
 

@@ -1,0 +1,74 @@
+"""The private attributes of Ray Tune's OptunaSearch and ASHAScheduler that the study relies on.
+
+Ray is not pinned (``ray[tune]>=2.40``) and these names are not its public API, so every
+access goes through one function here, and ``check`` runs when a searcher or scheduler is
+built: a Ray release that renames one fails at the start of a study with the attribute and
+Ray's version named, never in the middle of it with an AttributeError.
+
+What each is for:
+
+* ``OptunaSearch._ot_trials`` (Tune trial id -> Optuna trial) and ``_ot_study``: to report
+  intermediate values and record an ASHA-stopped trial as PRUNED (Ray tells Optuna COMPLETE);
+  ``_completed_trials``: the trials already told.
+* ``ASHAScheduler._brackets`` with each bracket's ``_rungs`` (milestone, {trial id: score}), and
+  ``_trial_info`` (trial id -> bracket): to save the rungs and restore them on resume
+  (``Tuner.restore`` does not, ray issue 30838).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+_EXPECTED = {
+    "OptunaSearch": {"_ot_trials": dict, "_ot_study": optuna.Study, "_completed_trials": set},
+    "ASHAScheduler": {"_brackets": list, "_trial_info": dict},
+    "ASHA bracket": {"_rungs": list},
+}
+
+
+class RayInternalsError(RuntimeError):
+    """This Ray release lacks a private attribute the study relies on."""
+
+
+def optuna_trials(searcher: Any) -> dict[str, optuna.Trial]:
+    return searcher._ot_trials
+
+
+def optuna_study(searcher: Any) -> optuna.Study:
+    return searcher._ot_study
+
+
+def completed_trials(searcher: Any) -> set[str]:
+    return searcher._completed_trials
+
+
+def asha_brackets(scheduler: Any) -> list[Any]:
+    return scheduler._brackets
+
+
+def bracket_rungs(bracket: Any) -> list[tuple[float, dict[str, float]]]:
+    """(milestone, {trial id: score}) pairs of one bracket, highest milestone first (Ray's order)."""
+    return bracket._rungs
+
+
+def asha_trial_info(scheduler: Any) -> dict[str, Any]:
+    return scheduler._trial_info
+
+
+def check(obj: Any, kind: str) -> None:
+    """Raise RayInternalsError unless ``obj`` (of ``kind``, a key of ``_EXPECTED``) has what we use."""
+    for name, expected in _EXPECTED[kind].items():
+        value = getattr(obj, name, None)
+        if not isinstance(value, expected):
+            import ray
+
+            found = "missing" if value is None else f"a {type(value).__name__}"
+            raise RayInternalsError(
+                f"Ray {ray.__version__}: {kind}.{name} is {found}, expected a {expected.__name__}; this Ray "
+                "release changed a private attribute that semiseg-study relies on (study/ray_internals.py): "
+                "install a Ray release it supports (pip install 'ray[tune]==2.60.0') or update that module")
+    if kind == "ASHAScheduler":
+        for bracket in asha_brackets(obj):
+            check(bracket, "ASHA bracket")

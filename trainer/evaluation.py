@@ -1,0 +1,28 @@
+"""What one evaluation of a training run reports (torch-free, so that readers of the
+records, such as ``semiseg-study status``, need not import torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# The parts of the loss, in the order the trainer sums them; "total" is the weighted sum.
+LOSS_PARTS = ("supervised", "pseudo_label", "entropy", "contrastive_labeled", "contrastive_unlabeled", "total")
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation reports: the study stores every field of it."""
+
+    iteration: int
+    split: str
+    miou: float
+    iou: list[float]                 # per class, NaN where a class never occurs
+    losses: dict[str, float]         # mean of each loss part since the previous evaluation
+    bank_fill: list[float]           # per class, fraction of bank_size in use
+    images_per_second: float
+    lr: float
+    train_seconds: float             # training time so far, evaluations excluded
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
