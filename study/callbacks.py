@@ -65,7 +65,9 @@ class StoreCallback(Callback):
         # A resumed trial replays from its checkpoint: never move its progress backwards.
         latest = int(result["iteration"]) >= (row.get("iterations") or 0)
         if latest:
-            row.update(iterations=int(result["iteration"]), wall_seconds=time_total_s)
+            row.update(iterations=int(result["iteration"]), wall_seconds=time_total_s,
+                       train_seconds=result.get("train_seconds"), devices=result.get("devices"),
+                       device_type=result.get("device_type"))
         if result.get("diverged"):
             row.update(status=ERRORED, stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
         else:

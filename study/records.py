@@ -31,7 +31,10 @@ import pyarrow as pa
 from trainer.config import ConfigError, TrainConfig
 from trainer.evaluation import LOSS_PARTS, Evaluation
 
-SCHEMA_VERSION = 2  # 2: the trials table gained params and distributions
+# 2: the trials table gained params and distributions. 3: reports gained test_miou and the compute
+# columns (devices, device_type), trials gained train_seconds, devices and device_type.
+SCHEMA_VERSION = 3
+READS = (2, 3)  # versions this code reads: an older part's missing columns read as null
 VERSION_KEY = b"semiseg_schema_version"
 TABLE_KEY = b"semiseg_table"  # which table a file holds, so that a misplaced file is caught
 CONFIG_PREFIX = "config."
@@ -47,6 +50,7 @@ class Column:
     name: str
     type: pa.DataType
     meaning: str
+    since: int = 2  # the schema version that added it (parts written before lack it)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class Table:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    def required(self, version: int) -> list[pa.Field]:
+        """The fixed columns a part written at schema ``version`` holds."""
+        return [pa.field(c.name, c.type) for c in self.columns if c.since <= version]
+
     def schema(self, config: Mapping[str, Any] | None = None) -> pa.Schema:
         """The fixed columns, then the ``config.<field>`` columns of ``config``, with our metadata."""
         config_fields = [pa.field(CONFIG_PREFIX + k, infer_type(CONFIG_PREFIX + k, [v])) for k, v in (config or {}).items()]
@@ -76,8 +84,7 @@ class Table:
 
     def describe(self) -> str:
         """The columns as a reStructuredText table: the docs are made from the definitions."""
-        rows = [(c.name, str(c.type).replace("timestamp[ms, tz=UTC]", "timestamp[ms, UTC]").replace(
-                 "list<item: double>", "list<float64>").replace("double", "float64"), c.meaning)
+        rows = [(c.name, _type_name(c.type), c.meaning + (f" (since schema {c.since})" if c.since > 2 else ""))
                 for c in self.columns]
         rows.append(("config.<field>", "bool, int64, float64 or string", "the run's TrainConfig, one column "
                      "per field (lists as JSON strings)"))
@@ -85,6 +92,11 @@ class Table:
         rule = "  ".join("=" * w for w in widths)
         line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()  # noqa: E731
         return "\n".join([rule, line(("column", "type", "meaning")), rule, *map(line, rows), rule])
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    return str(arrow_type).replace("timestamp[ms, tz=UTC]", "timestamp[ms, UTC]").replace(
+        "list<item: double>", "list<float64>").replace("double", "float64")
 
 
 _LOSS_MEANINGS = {"supervised": "mean of the loss part since the previous evaluation",
@@ -100,6 +112,11 @@ MEASURED = (
     Column("images_per_second", pa.float64(), "training throughput since the previous evaluation"),
     Column("lr", pa.float64(), "learning rate at the evaluation"),
     Column("train_seconds", pa.float64(), "training time so far, evaluations excluded"),
+    Column("test_miou", pa.float64(), "mean IoU on the test split at this evaluation, with eval_test only "
+           "(null otherwise; for learning-curve tables, never for selection)", since=3),
+    Column("devices", pa.float64(), "CPUs, or GPUs when it trains on a GPU (fractions: shared), of the trial",
+           since=3),
+    Column("device_type", pa.string(), "'cpu', or 'cuda:<GPU name>'", since=3),
 )
 
 REPORTS = Table("reports", ("trial_id", "iteration"), (
@@ -131,6 +148,10 @@ TRIALS = Table("trials", ("trial_id",), (
     Column("distributions", pa.string(), "JSON: each sampled param's Optuna distribution "
                                          "(optuna.distributions.distribution_to_json)"),
     Column("retries", pa.int64(), "times Ray restarted the trial from its checkpoint (error or lost node)"),
+    Column("train_seconds", pa.float64(), "training time of its last evaluation, evaluations excluded: its compute",
+           since=3),
+    Column("devices", pa.float64(), "as in reports", since=3),
+    Column("device_type", pa.string(), "as in reports", since=3),
 ))
 
 RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (

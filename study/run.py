@@ -126,7 +126,9 @@ def connect(address: str | None) -> bool:
                 raise ConfigError(_connect_hint(address, err)) from None
             raise
     else:
-        ray.init(include_dashboard=False, **common)
+        # "local": a Ray of this process's own, never the last `ray start` cluster of this machine
+        # (which ray.init() would join without a word); a cluster is joined with --address only.
+        ray.init(address="local", include_dashboard=False, **common)
     return True
 
 

@@ -27,8 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from study.records import REPORTS, RETRAIN, RUNNING, SCHEMA_VERSION, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, \
-    to_table
+from study.records import READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, to_table
 from trainer.atomic import atomic_write
 
 TRIALS_FILE = "trials.parquet"
@@ -78,13 +77,13 @@ def _checked_schema(path: Path, table: Table) -> pa.Schema:
     version = metadata.get(VERSION_KEY)
     if version is None:
         raise StoreError(f"{path} is not a semiseg-study {table.name} file (no {VERSION_KEY.decode()} metadata); {move}")
-    if version != str(SCHEMA_VERSION).encode():
-        raise StoreError(f"{path} has schema version {version.decode(errors='replace')}, this code reads version "
-                         f"{SCHEMA_VERSION}; {move}, or read it with the semiseg-study release that wrote it")
+    if version not in {str(v).encode() for v in READS}:
+        raise StoreError(f"{path} has schema version {version.decode(errors='replace')}, this code reads versions "
+                         f"{', '.join(map(str, READS))}; {move}, or read it with the semiseg-study release that wrote it")
     written = metadata.get(TABLE_KEY, table.name.encode())
     if written != table.name.encode():
         raise StoreError(f"{path} holds the {written.decode(errors='replace')} table, not {table.name}; {move}")
-    for f in table.fields:
+    for f in table.required(int(version)):
         if f.name not in schema.names:
             raise StoreError(f"{path} lacks the required column {f.name!r}; {move}")
         if schema.field(f.name).type != f.type:

@@ -17,24 +17,30 @@ from ray import tune
 
 from study.records import evaluation_metrics
 from study.spec import StudySpec
-from trainer.config import TrainConfig
 from trainer.fit import DivergedError, Evaluation, Trainer, fit
 
 CHECKPOINT_FILE = "trainer.pt"
 
-def report_metrics(evaluation: Evaluation, cfg: TrainConfig) -> dict[str, Any]:
+def report_metrics(evaluation: Evaluation, trainer: Trainer) -> dict[str, Any]:
     """One evaluation as reported to Tune: the record's columns (``study.records``), and what ASHA
     and the searcher read besides (the full budget, whether it diverged) and where the trial runs."""
-    return {**evaluation_metrics(evaluation), "max_iterations": cfg.iterations, "diverged": "", **_placement()}
+    return {**evaluation_metrics(evaluation), "max_iterations": trainer.cfg.iterations, "diverged": "",
+            **_placement(trainer)}
 
 
-def _placement() -> dict[str, Any]:
-    """Where the trial runs: the Ray node (IP and id, as several nodes may share an IP) and its GPUs."""
+def _placement(trainer: Trainer) -> dict[str, Any]:
+    """Where the trial runs and on what: the Ray node (IP and id, as several nodes may share an IP),
+    its GPUs, and the compute it holds (GPUs when it trains on one, else CPUs)."""
     import ray
+    import torch
 
     context = ray.get_runtime_context()
+    assigned = context.get_assigned_resources()
+    on_gpu = trainer.device.type == "cuda"
     return {"node": f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}",
-            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "devices": float(assigned.get("GPU" if on_gpu else "CPU", 0.0)),
+            "device_type": f"cuda:{torch.cuda.get_device_name(trainer.device)}" if on_gpu else "cpu"}
 
 
 def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
@@ -44,10 +50,10 @@ def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
     def report(evaluation: Evaluation, trainer: Trainer) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(os.path.join(folder, CHECKPOINT_FILE))
-            tune.report(report_metrics(evaluation, cfg), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(report_metrics(evaluation, trainer), checkpoint=tune.Checkpoint.from_directory(folder))
 
     def report_divergence(err: DivergedError, trainer: Trainer) -> None:
-        metrics = report_metrics(trainer.evaluation("val"), cfg)
+        metrics = report_metrics(trainer.evaluation("val"), trainer)
         # A key of its own (the next iteration) and no score: it never reached an evaluation.
         metrics.update(val_miou=float("nan"), diverged=str(err), iteration=trainer.iteration + 1)
         tune.report(metrics)

@@ -145,3 +145,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     result = subprocess.run([sys.executable, "-m", "study", "train", *args], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_eval_test_scores_the_test_split_at_each_evaluation_without_changing_the_run():
+    seen = []
+    with_test = fit(_cfg(eval_test=True), on_evaluation=lambda e, t: seen.append((e, t.evaluate("test")[0])))
+    plain = fit(_cfg())
+    assert [e.iteration for e, _ in seen] == [6, 12]
+    assert all(e.test_miou == test for e, test in seen)  # the same network, scored on test there
+    assert plain.last.test_miou is None
+    assert with_test.val_miou == plain.val_miou and with_test.last.losses == plain.last.losses  # no RNG touched

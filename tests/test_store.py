@@ -314,3 +314,20 @@ def test_the_readme_tables_name_every_column_of_the_records():
         rows = section[start:section.index("\n\n", start)]
         named = {name.strip() for line in rows.splitlines()[2:] for name in line.split("|")[1].split(",")}
         assert set(table.names) <= named, (table.name, sorted(set(table.names) - named))
+
+
+def test_a_part_of_schema_version_2_reads_with_its_newer_columns_as_null(tmp_path):
+    store = ResultStore(tmp_path, "s")
+    store.append_reports([_row("new", 3)])
+    (part,) = _parts(tmp_path / "results" / "reports")
+    old = pq.read_table(part).drop_columns([c.name for c in REPORTS.columns if c.since > 2])
+    pq.write_table(old.replace_schema_metadata({**old.schema.metadata, VERSION_KEY: b"2"}),
+                   part.with_name("part-0-00000002.parquet"))  # what a version-2 driver wrote
+    part.unlink()
+    store = ResultStore(tmp_path, "s")
+    store.append_reports([{**_row("new", 3), "trial_id": "v3", "test_miou": 0.25, "devices": 1.0,
+                           "device_type": "cpu"}])
+    rows = {r["trial_id"]: r for r in store.reports().to_pylist()}
+    assert rows["new"]["val_miou"] == 0.5 and rows["new"]["test_miou"] is None and rows["new"]["device_type"] is None
+    assert (rows["v3"]["test_miou"], rows["v3"]["devices"], rows["v3"]["device_type"]) == (0.25, 1.0, "cpu")
+    assert store.compact() == 2 and ResultStore(tmp_path, "s").reports().num_rows == 2

@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_overrides
 from study.run import run_study
 from study.spec import StudySpec, read_study_json
+from study.store import ResultStore
 
 TINY = tiny_overrides(iterations=12, eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
 TINY.pop("iterations")
@@ -119,3 +120,14 @@ def test_bad_space_file_fails_before_ray_starts(tmp_path):
     assert result.returncode == 2
     assert "bank_sise" in result.stderr and "bank_size" in result.stderr
     assert not (tmp_path / "studies" / "x").exists()
+
+
+def test_every_row_carries_its_compute(asha_study):
+    folder, _ = asha_study
+    store = ResultStore(folder, "asha")
+    reports, trials = store.reports().to_pylist(), store.trials().to_pylist()
+    assert {(r["device_type"], r["devices"]) for r in reports} == {("cpu", 1.0)}  # --cpus-per-trial 1, no GPU
+    assert all(r["test_miou"] is None for r in reports)  # eval_test is off: no test score leaks into a study
+    for t in trials:
+        last = max((r for r in reports if r["trial_id"] == t["trial_id"]), key=lambda r: r["iteration"])
+        assert t["train_seconds"] == last["train_seconds"] > 0 and t["device_type"] == "cpu"

@@ -131,6 +131,8 @@ class TrainConfig:
     eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
     eval_batch: int = _spec(1, "images per forward pass when scoring (real datasets: of one size only); "
                             "1 as in the paper, whose images are scored whole", low=1, high=4096)
+    eval_test: bool = _spec(False, "also score the test split at every evaluation (for learning-curve tables "
+                            "such as benchmarks/data/; one more evaluation each time; never select on it)")
     bn_reestimate: int = _spec(0, "at the end, recompute the evaluated network's batch-norm statistics on this "
                                "many unlabeled batches (0 = off)", low=0, high=10**6)
 

@@ -23,6 +23,7 @@ class Evaluation:
     images_per_second: float
     lr: float
     train_seconds: float             # training time so far, evaluations excluded
+    test_miou: float | None = None   # with eval_test only: the test split scored at the same point
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -356,7 +356,8 @@ class Trainer:
             losses=dict(zip(LOSS_PARTS, (self._loss_sums / steps).tolist())),
             bank_fill=self.bank.fill().tolist(),
             images_per_second=self._images_since_eval / max(self._seconds_since_eval, 1e-9),
-            lr=self.optimizer.param_groups[0]["lr"], train_seconds=self.train_seconds)
+            lr=self.optimizer.param_groups[0]["lr"], train_seconds=self.train_seconds,
+            test_miou=self.evaluate("test")[0] if self.cfg.eval_test and split == "val" else None)
         self._loss_sums.zero_()
         self._loss_steps = self._images_since_eval = 0
         self._seconds_since_eval = 0.0

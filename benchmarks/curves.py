@@ -1,0 +1,120 @@
+"""The learning-curve table of the digits trainer: the measured ground truth of the search benchmarks.
+
+Full-budget curves (900 iterations, val and test mIoU every 100) of configurations drawn at
+random from the default space, collected with the project's own study machinery: random
+search, FIFO (no trial is stopped), ``eval_test=true`` so that each evaluation also scores
+the test split. Both studies resume with ``semiseg-study run --resume NAME``::
+
+    semiseg-study run --name digits-curves --searcher random --scheduler fifo --samples 120 \\
+        --seed 13 --set eval_test=true
+    python benchmarks/curves.py points digits-curves --count 24 -o studies/seed1-points.json
+    semiseg-study run --name digits-curves-seed1 --searcher random --scheduler fifo --samples 24 \\
+        --points studies/seed1-points.json --set eval_test=true seed=1
+    python benchmarks/curves.py table digits-curves digits-curves-seed1    # -> benchmarks/data/
+
+The table has one row per (study, trial, evaluation); a configuration is named by
+``config_id`` (a hash of its sampled params), so the two seeds of one configuration pair up.
+Its Parquet metadata, and the JSON file beside it, say how it was made: the commands, the
+studies' specs, the git commit and the library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from study.records import FINISHED
+from study.spec import read_study_json
+from study.store import ResultStore
+from trainer.atomic import atomic_write, write_text_atomic
+
+OUT = Path(__file__).parent / "data" / "digits_curves.parquet"
+COMMANDS = [line.strip() for line in __doc__.split("::")[1].split("The table")[0].strip().splitlines()]
+
+
+def config_id(params: str) -> str:
+    """A configuration's name: the same sampled values give the same id, whatever the seed."""
+    return hashlib.sha256(json.dumps(json.loads(params), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def curves(folder: Path) -> list[dict]:
+    """One row per evaluation of the study in ``folder``, with the trial's config and outcome."""
+    spec = read_study_json(folder)
+    store = ResultStore(folder, spec.name)
+    trials = {t["trial_id"]: t for t in store.trials().to_pylist()}
+    rows = []
+    for r in sorted(store.reports().to_pylist(), key=lambda r: (r["trial_id"], r["iteration"])):
+        t = trials.get(r["trial_id"])
+        if t is None or not t.get("params"):
+            continue
+        rows.append({
+            "study": spec.name, "trial_id": r["trial_id"], "config_id": config_id(t["params"]),
+            "seed": r["config.seed"], "status": t["status"], "full_budget": t["status"] == FINISHED,
+            "iteration": r["iteration"], "val_miou": r["val_miou"], "test_miou": r["test_miou"],
+            "train_seconds": r["train_seconds"], "time_total_s": r["time_total_s"],
+            "params": t["params"], "distributions": t["distributions"],
+        })
+    return rows
+
+
+def write_table(names: list[str], root: Path, out: Path) -> pa.Table:
+    from study.spec import environment
+
+    rows = [row for name in names for row in curves(root / name)]
+    if not rows:
+        raise SystemExit(f"no evaluations in {', '.join(names)} under {root}")
+    table = pa.Table.from_pylist(rows)
+    provenance = {"commands": COMMANDS, "studies": {n: read_study_json(root / n).to_dict() for n in names},
+                  "environment": environment()}
+    table = table.replace_schema_metadata({b"semiseg_provenance": json.dumps(provenance).encode()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as handle:
+        pq.write_table(table, handle, compression="zstd")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(provenance, indent=2) + "\n")
+    return table
+
+
+def summary(table: pa.Table) -> str:
+    rows = table.to_pylist()
+    full = {(r["study"], r["trial_id"]): r for r in rows if r["full_budget"]}
+    by_config: dict[str, set] = {}
+    for study, trial in full:
+        row = full[(study, trial)]
+        by_config.setdefault(row["config_id"], set()).add(row["seed"])
+    twice = sum(len(seeds) >= 2 for seeds in by_config.values())
+    return (f"{len(rows)} evaluations, {len({(r['study'], r['trial_id']) for r in rows})} trials, "
+            f"{len(full)} full curves of {len(by_config)} configurations, {twice} of them on two seeds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    table = commands.add_parser("table", help="write the table from finished (or growing) studies")
+    table.add_argument("names", nargs="+")
+    table.add_argument("--dir", type=Path, default=Path("studies"))
+    table.add_argument("-o", "--out", type=Path, default=OUT)
+    points = commands.add_parser("points", help="the sampled params of a study's first full trials, "
+                                                "for `run --points` (the same configs on another seed)")
+    points.add_argument("name")
+    points.add_argument("--dir", type=Path, default=Path("studies"))
+    points.add_argument("--count", type=int, default=24)
+    points.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        print(summary(write_table(args.names, args.dir, args.out)) + f" -> {args.out}")
+        return 0
+    trials = [t for t in ResultStore(args.dir / args.name, args.name).trials().to_pylist() if t["status"] == FINISHED]
+    chosen = [json.loads(t["params"]) for t in sorted(trials, key=lambda t: t["started"])[:args.count]]
+    write_text_atomic(args.out, json.dumps(chosen, indent=2) + "\n")
+    print(f"{len(chosen)} configs of {args.name} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
