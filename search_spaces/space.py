@@ -62,7 +62,7 @@ class SearchSpace:
             for _ in range(samples):
                 self._check_config("sampled trial", base, self._run(study.ask(), "sampled trial"))
         if self.paper_point:
-            self._check_paper_point(base)
+            self.check_point(self.paper_point, base)
 
     def config(self, sample: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> TrainConfig:
         """The TrainConfig of one trial: the dataset preset, ``fixed``, the caller's ``base``, the sample."""
@@ -107,28 +107,32 @@ class SearchSpace:
         except ConfigError as err:
             raise self._error(f"{what}: {err}") from None
 
-    def _check_paper_point(self, base: dict[str, Any]) -> None:
-        trial = optuna.trial.FixedTrial(dict(self.paper_point))
-        self._check_keys_of("paper_point", self.paper_point)
+    def check_point(self, point: Mapping[str, Any], base: Mapping[str, Any] | None = None,
+                    what: str = "paper_point") -> None:
+        """Raise ConfigError unless ``point`` gives exactly the values the space samples on its branch,
+        inside their ranges, and makes a valid TrainConfig (the paper point, a point to evaluate first)."""
+        base = dict(base or {})
+        trial = optuna.trial.FixedTrial(dict(point))
+        self._check_keys_of(what, dict(point))
         try:
             with warnings.catch_warnings():  # out-of-range values are reported below, as errors
                 warnings.simplefilter("ignore")
-                values = self._run(trial, "paper_point")
+                values = self._run(trial, what)
         except ValueError as err:  # a searched param the point leaves out, or a value not among the choices
             missing = re.search(r"parameter '(.+?)' is not found", str(err))
             if missing:
-                raise self._error(f"paper_point gives no value for {missing[1]!r}, which the space searches "
+                raise self._error(f"{what} gives no value for {missing[1]!r}, which the space searches "
                                   "at that point") from None
-            raise self._error(f"paper_point does not fit the space: {err}") from None
-        extra = sorted(set(self.paper_point) - set(trial.params))
+            raise self._error(f"{what} does not fit the space: {err}") from None
+        extra = sorted(set(point) - set(trial.params))
         if extra:
-            raise self._error(f"paper_point sets {extra[0]!r}, which the space does not search at that "
+            raise self._error(f"{what} sets {extra[0]!r}, which the space does not search at that "
                               "point: move it to fixed")
         for name, dist in trial.distributions.items():
             if not _contains(dist, trial.params[name]):
-                raise self._error(f"paper_point {name} = {trial.params[name]!r} is outside the searched "
+                raise self._error(f"{what} {name} = {trial.params[name]!r} is outside the searched "
                                   f"range {dist}")
-        self._check_config("paper_point", base, values)
+        self._check_config(what, base, values)
 
 
 def _contains(dist: BaseDistribution, value: Any) -> bool:

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=defaults.concurrency,
                      help="trials at once (default: as many as the resources allow)")
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
+    run.add_argument("--points", type=Path, metavar="FILE",
+                     help="a JSON list of param values (as the space samples them) to evaluate first, after the "
+                          "paper point, e.g. another study's configs on a new --set seed=N")
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampler")
     run.add_argument("--time-budget", type=float, default=0.0,
                      help="stop the study after this many seconds of wall time (0: none)")
@@ -196,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
                      reduction=args.reduction, searcher=args.searcher, scheduler=args.scheduler,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      concurrency=args.concurrency, storage=args.storage, seed=args.seed,
-                     time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed)
+                     time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed,
+                     points=_read_points(args.points) if args.points else [])
     print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
     with _live_report(args.dir / name, args.report_every):
         result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
@@ -212,6 +216,18 @@ def _run(args: argparse.Namespace) -> int:
     print("best config: " + json.dumps(json.loads(best.get("params") or "{}"), sort_keys=True))
     print(f"results: {args.dir / name / 'results'}")
     return 0
+
+
+def _read_points(path: Path) -> list[dict[str, Any]]:
+    try:
+        points = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--points {path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--points {path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(points, list):
+        raise ConfigError(f"--points {path}: expected a JSON list of objects, e.g. [{{\"lr\": 0.01}}]")
+    return points
 
 
 @contextlib.contextmanager

@@ -66,6 +66,8 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
         raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
                           "give the dataset's root with --set data_root=PATH")
     spec.search_space.check_keys(base=spec.base_config())
+    for i, point in enumerate(spec.points, start=1):
+        spec.search_space.check_point(point, spec.base_config(), what=f"--points entry {i}")
     grace, note = grace_after_ramp_up(spec.grace, cfg)
     return cfg, grace, note
 
@@ -251,7 +253,8 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
         raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
     searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
                              storage=storage, study_name=spec.study_id or spec.name,
-                             points_to_evaluate=[space.paper_point] if space.paper_point else None)
+                             points_to_evaluate=([space.paper_point] if space.paper_point else []) + spec.points
+                             or None)
     if spec.scheduler == "asha":
         scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
                                    reduction_factor=spec.reduction)

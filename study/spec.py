@@ -55,6 +55,7 @@ class StudySpec:
     keep_checkpoints: int = 2     # per trial; 0 keeps all (see README, "When things go wrong")
     study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)  # sampled values evaluated first, after the paper point
 
     def validate(self) -> "StudySpec":
         self._check_types()
@@ -77,6 +78,9 @@ class StudySpec:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for i, point in enumerate(self.points, start=1):
+            if not isinstance(point, dict):
+                raise ConfigError(f"--points entry {i} is {point!r}: each point is an object of param values")
         unknown = set(self.fixed) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             TrainConfig.from_dict({k: self.fixed[k] for k in sorted(unknown)[:1]})  # raises with a hint
@@ -85,7 +89,7 @@ class StudySpec:
     def _check_types(self) -> None:
         """A hand-edited study.json can hold a string where a number belongs: say which field."""
         kinds = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)),
-                 "dict[str, Any]": (dict,)}
+                 "dict[str, Any]": (dict,), "list[dict[str, Any]]": (list,)}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             allowed = kinds[str(f.type)]

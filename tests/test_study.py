@@ -131,3 +131,12 @@ def test_every_row_carries_its_compute(asha_study):
     for t in trials:
         last = max((r for r in reports if r["trial_id"] == t["trial_id"]), key=lambda r: r["iteration"])
         assert t["train_seconds"] == last["train_seconds"] > 0 and t["device_type"] == "cpu"
+
+
+def test_points_are_evaluated_first_after_the_paper_point(ray_local, tmp_path, space_file):
+    point = {"lr": 0.05, "bank_size": 8}
+    spec = _spec("points", space_file, samples=3, max_iters=3, grace=3, scheduler="fifo", points=[point])
+    run_study(spec, tmp_path, progress=False, say=lambda _: None)
+    trials = sorted(ResultStore(tmp_path / "points", "points").trials().to_pylist(), key=lambda t: t["started"])
+    assert [json.loads(t["params"]) for t in trials[:2]] == [{"lr": 0.01, "bank_size": 16}, point]
+    assert read_study_json(tmp_path / "points").points == [point]  # a resume evaluates the same points

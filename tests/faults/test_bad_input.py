@@ -190,3 +190,20 @@ def test_a_study_whose_trial_fits_no_node_stops_at_once(ray_local, capsys, tmp_p
            "no node of the Ray cluster can hold one trial", "--cpus-per-trial 4", "(2 CPU, 0 GPU)")
     assert time.monotonic() - started < 60
     assert _nothing_in(tmp_path)  # checked before the study folder is made
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[{"lr": 0.01, "bank_size": 99999}]', "--points entry 1 bank_size = 99999 is outside"),
+    ('[{"lr": 0.01}]', "--points entry 1 gives no value for 'bank_size'"),
+    ('{"lr": 0.01}', "expected a JSON list"),
+    ('[{"lr": 0.01,', "not valid JSON"),
+])
+def test_bad_points_are_named_before_ray(text, expected, capsys, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("paper_point: {lr: 0.01, bank_size: 16}\nparams:\n  lr: {type: float, low: 0.001, high: 0.1}\n"
+                     "  bank_size: {type: int, low: 4, high: 64}\n")
+    points = tmp_path / "points.json"
+    points.write_text(text)
+    _fails(["run", "--name", "p", "--dir", str(tmp_path / "studies"), "--space", str(space), "--points", str(points),
+            "--set", *TINY], capsys, expected)
+    assert _nothing_in(tmp_path / "studies")
