@@ -70,8 +70,9 @@ def write_table(names: list[str], root: Path, out: Path) -> pa.Table:
     if not rows:
         raise SystemExit(f"no evaluations in {', '.join(names)} under {root}")
     table = pa.Table.from_pylist(rows)
-    provenance = {"commands": COMMANDS, "studies": {n: read_study_json(root / n).to_dict() for n in names},
-                  "environment": environment()}
+    # Each study's study.json holds its spec and the commit and versions it ran with.
+    provenance = {"commands": COMMANDS, "studies": {n: json.loads((root / n / "study.json").read_text()) for n in names},
+                  "table_written_by": environment()}
     table = table.replace_schema_metadata({b"semiseg_provenance": json.dumps(provenance).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as handle:
