@@ -224,7 +224,7 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
     from ray.tune.schedulers import FIFOScheduler
 
     from study.callbacks import StoreCallback
-    from study.search import METRIC, DefineByRun, PersistentASHA, StudySearcher
+    from study.search import METRIC, DefineByRun, PersistentASHA, StudySearcher, make_sampler
     from study.trial import run_trial
 
     space = spec.search_space
@@ -241,11 +241,7 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
         if ResultStore(folder, spec.name).trials().num_rows:
             raise ConfigError(f"study {spec.name!r} cannot be resumed: its trials started but Ray Tune never "
                               f"saved the experiment state in {tune_dir}; start it again with --replace")
-    if spec.searcher == "tpe":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=spec.seed, multivariate=True, constant_liar=True)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    sampler = make_sampler(spec.searcher, spec.seed)
     storage_url = spec.storage or f"sqlite:///{folder / 'optuna.db'}"
     try:
         storage = optuna.storages.RDBStorage(storage_url)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ class DefineByRun:
         values = self.space.suggest(trial)
         constants = {k: v for k, v in values.items() if k not in trial.params}
         return constants or None
+
+
+def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``--searcher KIND``: what a study and a simulated one search with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if kind == "gp":
+            # GP regression (torch, scipy) on COMPLETE trials only: ASHA-pruned ones teach it nothing,
+            # and the conditional temperature falls to its independent (random) sampler.
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"sampler {kind!r}: choose tpe, random or gp")
 
 
 class StudySearcher(OptunaSearch):

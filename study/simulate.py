@@ -48,7 +48,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import SearchSpace, get_space
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
-from study.search import METRIC, TIME_ATTR, DefineByRun, PersistentASHA, StudySearcher
+from study.search import METRIC, TIME_ATTR, DefineByRun, PersistentASHA, StudySearcher, make_sampler
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 RUNNING, PAUSED, FINISHED, STOPPED, CUT = "running", "paused", "finished", "stopped", "cut"
@@ -606,21 +606,6 @@ class TopKAfterRung(FIFOScheduler):
 SchedulerFactory = Callable[[Path, int, "int | None"], TrialScheduler]  # (state dir, max_t, samples)
 
 TOPK_POPULATION = 30  # trials screened at the rung when a study is given a budget, not a count
-
-
-def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The study's samplers (``study.run._tuner``), and Optuna's GP-based one."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if kind == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-        if kind == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if kind == "gp":
-            # GP regression (torch, scipy) on COMPLETE trials only: ASHA-pruned ones teach it nothing,
-            # and the conditional temperature falls to its independent (random) sampler.
-            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    raise ValueError(f"sampler {kind!r}: choose tpe, random or gp")
 
 
 def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, paper_point: bool = True,
