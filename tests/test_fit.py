@@ -34,7 +34,8 @@ def test_every_loss_term_is_active_after_the_ramp_up():
 
 @pytest.mark.parametrize("changes", [{"contrastive_loss": "infonce", "temperature": 0.2},
                                      {"official_memory_weights": True, "official_teacher_train_mode": True,
-                                      "official_classmix_count": True, "bank_policy": "lowest"},
+                                      "official_classmix_count": True, "bank_policy": "lowest",
+                                      "official_ema": True},
                                      {"class_balance": "running"}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))

@@ -27,6 +27,27 @@ def test_update_teacher_is_an_exponential_moving_average():
     torch.testing.assert_close(teacher.weight, 0.9 * before + 0.1 * student.weight.detach())
 
 
+def test_official_ema_momentum_is_capped_early():
+    # min(1 - 1/(10 i + 1), cosine momentum): 0 at i = 0, 10/11 at i = 1, 100/101 at i = 10,
+    # and the cosine momentum once the cap passes it (i >= 20 for base 0.995).
+    assert ema_momentum(0, 100, 0.995, official=True) == 0.0
+    assert ema_momentum(1, 100, 0.995, official=True) == pytest.approx(10 / 11)
+    assert ema_momentum(10, 100, 0.995, official=True) == pytest.approx(100 / 101)
+    assert ema_momentum(30, 100, 0.995, official=True) == ema_momentum(30, 100, 0.995)
+
+
+def test_official_ema_leaves_batch_norm_buffers_alone():
+    student, teacher = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    student(torch.randn(8, 2) + 3)  # moves the student's running statistics
+    with torch.no_grad():
+        student.weight.fill_(2.0)
+    update_teacher(teacher, student, 0.5, parameters_only=True)
+    torch.testing.assert_close(teacher.weight, torch.full((2,), 1.5))
+    assert torch.equal(teacher.running_mean, torch.zeros(2)) and int(teacher.num_batches_tracked) == 0
+    update_teacher(teacher, student, 0.5)  # the project's EMA averages them
+    torch.testing.assert_close(teacher.running_mean, 0.5 * student.running_mean)
+
+
 def test_sigmoid_ramp_up():
     assert sigmoid_ramp_up(0, 2000) == pytest.approx(math.exp(-5))
     assert sigmoid_ramp_up(1000, 2000) == pytest.approx(math.exp(-5 * 0.25))

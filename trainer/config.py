@@ -162,6 +162,8 @@ class TrainConfig:
     official_aspp: bool = _spec(False, "ASPP sums only its first two branches, as in the official code")
     official_classmix_count: bool = _spec(False, "ClassMix takes floor(n/2)+1 classes instead of half")
     official_teacher_train_mode: bool = _spec(False, "teacher runs in train mode (batch statistics)")
+    official_ema: bool = _spec(False, "teacher EMA as in the official code: momentum min(1 - 1/(10 i + 1), "
+                               "the cosine momentum), over parameters only (batch-norm buffers not averaged)")
 
     # --- fault injection -----------------------------------------------------------------
     # For fault-injection tests: a divergence that happens on every machine, where a large

@@ -170,7 +170,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        update_teacher(self.teacher, self.student, ema_momentum(it, cfg.iterations, cfg.ema_momentum))
+        update_teacher(self.teacher, self.student, ema_momentum(it, cfg.iterations, cfg.ema_momentum, cfg.official_ema),
+                       parameters_only=cfg.official_ema)
 
         values = torch.stack([*(p.detach().double() for p in parts.values()), total.detach().double()]).cpu()
         self._loss_sums += values
