@@ -35,7 +35,7 @@ def test_every_loss_term_is_active_after_the_ramp_up():
 @pytest.mark.parametrize("changes", [{"contrastive_loss": "infonce", "temperature": 0.2},
                                      {"official_memory_weights": True, "official_teacher_train_mode": True,
                                       "official_classmix_count": True, "bank_policy": "lowest",
-                                      "official_ema": True},
+                                      "official_ema": True, "bank_selection": "per_batch"},
                                      {"class_balance": "running"}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))
@@ -156,3 +156,13 @@ def test_eval_test_scores_the_test_split_at_each_evaluation_without_changing_the
     assert all(e.test_miou == test for e, test in seen)  # the same network, scored on test there
     assert plain.last.test_miou is None
     assert with_test.val_miou == plain.val_miou and with_test.last.losses == plain.last.losses  # no RNG touched
+
+
+def test_per_batch_bank_selection_ranks_the_batch(monkeypatch):
+    trainer = Trainer(_cfg(bank_selection="per_batch", bank_per_image=2))
+    seen = {}
+    monkeypatch.setattr(trainer.bank, "add", lambda features, classes, images, scores, quota, *rest:
+                        seen.update(images=images, quota=quota))
+    images, labels = trainer._labeled_batch()
+    trainer._update_bank(images, labels)
+    assert seen["quota"] == 2 * len(images) and not bool(seen["images"].any())

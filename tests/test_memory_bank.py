@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.memory_bank import ClassMemoryBank, bank_candidates
+from trainer.memory_bank import ClassMemoryBank, bank_candidates, per_image_quota
 
 
 DIM = 32
@@ -88,3 +88,24 @@ def test_newest_slots_per_class():
     vectors, valid = bank.newest(3)
     assert valid.tolist() == [[False] * 3, [True] * 3]
     assert _ids(vectors[1]) == _ids(bank.ordered(1))[:3]
+
+
+def test_per_image_quota_of_the_official_code():
+    # Cityscapes 1/30 (99 labeled images) and 1/8 (372): round(256 / |X_l|), at least 1.
+    assert per_image_quota(256, 99, 19) == 3 and per_image_quota(256, 372, 19) == 1
+    # VOC 1/50 (211 images): int(21 / 3 * round(256 / 211)) = 7; 1/20 (529): round gives 0, so 1.
+    assert per_image_quota(256, 211, 21, voc_factor=True) == 7
+    assert per_image_quota(256, 211, 21) == 1
+    assert per_image_quota(256, 529, 21, voc_factor=True) == 1
+
+
+def test_one_group_per_class_ranks_across_images():
+    # per_batch hands the bank one image index for all: the best of the class over the batch.
+    classes = torch.zeros(4, dtype=torch.long)
+    images = torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([0.9, 0.8, 0.2, 0.1])
+    per_image, per_batch = ClassMemoryBank(1, 8, DIM), ClassMemoryBank(1, 8, DIM)
+    per_image.add(_vectors([1, 2, 3, 4]), classes, images, scores, per_image=1)
+    per_batch.add(_vectors([1, 2, 3, 4]), classes, torch.zeros_like(images), scores, per_image=2)
+    assert sorted(_ids(per_image.ordered(0))) == [1, 3]
+    assert sorted(_ids(per_batch.ordered(0))) == [1, 2]  # both from image 0

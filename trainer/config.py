@@ -140,6 +140,11 @@ class TrainConfig:
     bank_size: int = _spec(256, "memory vectors per class", low=1, high=10**6)
     bank_per_image: int = _spec(0, "vectors kept per labeled image and class at each update "
                                 "(0 = round(bank_size / labeled images), at least 1)", low=0, high=10**6)
+    bank_selection: str = _spec("per_image", "how an update picks its vectors: 'per_image' keeps the best "
+                                "bank_per_image of each (image, class); 'per_batch' (the official code) ranks each "
+                                "class over the whole batch and keeps the best batch_labeled x bank_per_image, "
+                                "with the automatic bank_per_image times C/3 (truncated) on voc",
+                                choices=("per_image", "per_batch"))
     bank_policy: str = _spec("highest", "which candidates the selector keeps",
                              choices=("highest", "lowest", "random"))
     bank_lead: int = _spec(1000, "the bank starts filling this many iterations before the ramp-up ends",

@@ -36,7 +36,7 @@ from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
 from trainer.evaluation import LOSS_PARTS, Evaluation
-from trainer.memory_bank import ClassMemoryBank, bank_candidates
+from trainer.memory_bank import ClassMemoryBank, bank_candidates, per_image_quota
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
 from trainer.models.selectors import rescale_to_mean_one
@@ -86,7 +86,9 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.bank = ClassMemoryBank(self.num_classes, cfg.bank_size, cfg.proj_dim, self.device)
-        self.per_image = cfg.bank_per_image or max(1, round(cfg.bank_size / len(self.data.labeled)))
+        self.per_image = cfg.bank_per_image or per_image_quota(
+            cfg.bank_size, len(self.data.labeled), self.num_classes,
+            voc_factor=cfg.bank_selection == "per_batch" and cfg.dataset == "voc")
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         # Real datasets seed each batch from these keys, so worker processes can decode ahead.
         self.labeled_stream = self.data.labeled.stream(cfg.batch_labeled, generator=self.data_generator,
@@ -253,8 +255,12 @@ class Trainer:
         image_index = torch.arange(len(images), device=self.device)[:, None, None].expand_as(good)[good]
         projected = self.teacher.project(pixel_features)
         scores = self.teacher.feature_selectors.score_pixels(projected, classes)
-        self.bank.add(projected, classes, image_index, scores, self.per_image, self.cfg.bank_policy,
-                      self.aug_generator)
+        quota = self.per_image
+        if self.cfg.bank_selection == "per_batch":
+            # The official code ranks each class over the whole batch (one group per class) and
+            # keeps B times the per-image quota: one image may give all of a class's vectors.
+            image_index, quota = torch.zeros_like(image_index), len(images) * self.per_image
+        self.bank.add(projected, classes, image_index, scores, quota, self.cfg.bank_policy, self.aug_generator)
 
     def _contrastive(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Contrastive loss of the student's pixels (valid labels at feature resolution) against the bank."""

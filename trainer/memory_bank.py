@@ -22,6 +22,18 @@ def bank_candidates(logits: torch.Tensor, labels: torch.Tensor, threshold: float
     return (prediction == labels) & (confidence > threshold) & (labels != ignore_index)
 
 
+def per_image_quota(bank_size: int, labeled_images: int, num_classes: int, voc_factor: bool = False) -> int:
+    """Vectors an update keeps per labeled image and class: round(N / |X_l|), at least 1.
+
+    ``voc_factor``: times C/3, truncated, as the official code does on PASCAL VOC (an image
+    there shows about 3 classes, so a class's share of the whole batch is C/3 times larger).
+    """
+    quota = round(bank_size / labeled_images)
+    if voc_factor:
+        quota = int(num_classes / 3 * quota)
+    return max(1, quota)
+
+
 class ClassMemoryBank:
     def __init__(self, num_classes: int, capacity: int, dim: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
