@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,7 +36,8 @@ def test_every_loss_term_is_active_after_the_ramp_up():
 @pytest.mark.parametrize("changes", [{"contrastive_loss": "infonce", "temperature": 0.2},
                                      {"official_memory_weights": True, "official_teacher_train_mode": True,
                                       "official_classmix_count": True, "bank_policy": "lowest",
-                                      "official_ema": True, "bank_selection": "per_batch"},
+                                      "official_ema": True, "bank_selection": "per_batch",
+                                      "official_class_weighted_mean": True, "class_balance": "batch"},
                                      {"class_balance": "running"}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))
@@ -166,3 +168,16 @@ def test_per_batch_bank_selection_ranks_the_batch(monkeypatch):
     images, labels = trainer._labeled_batch()
     trainer._update_bank(images, labels)
     assert seen["quota"] == 2 * len(images) and not bool(seen["images"].any())
+
+
+def test_official_class_weighted_mean_keeps_the_weights_scale():
+    logits = torch.zeros(1, 2, 1, 2)  # CE = log 2 on both pixels
+    pseudo = torch.tensor([[[0, 1]]])
+    pixel_weight = torch.tensor([[[1.0, 0.5]]])
+    class_weights = torch.tensor([2.0, 4.0])
+    project, official = (Trainer._pseudo_label_ce(SimpleNamespace(cfg=SimpleNamespace(official_class_weighted_mean=o)),
+                                                  logits, pseudo, pixel_weight, class_weights) for o in (False, True))
+    log2 = torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(official, log2 * (1.0 * 2 + 0.5 * 4) / 2)  # mean(CE * w_class * w_pixel)
+    # The project rescales w_class * w_pixel to the pixel weights' total (1.5): (2, 2) * 1.5 / 4.
+    torch.testing.assert_close(project, log2 * (2 * 1.5 / 4 + 2 * 1.5 / 4) / 2)

@@ -141,8 +141,7 @@ class Trainer:
             full_logits_v = _upsample(logits_v, pseudo_v)
             ramp = losses.sigmoid_ramp_up(it, cfg.ramp_up)
             pixel_weight = losses.pseudo_label_weights(confidence_v, cfg.pseudo_label_power, ramp)
-            parts["pseudo_label"] = losses.weighted_cross_entropy(
-                full_logits_v, pseudo_v, _renormalised(pixel_weight, pseudo_v, class_weights))
+            parts["pseudo_label"] = self._pseudo_label_ce(full_logits_v, pseudo_v, pixel_weight, class_weights)
             parts["entropy"] = losses.entropy_term(full_logits_v, pseudo_v != IGNORE_INDEX)
 
         # 3. The teacher fills the memory bank from labeled pixels it predicts right, confidently.
@@ -240,6 +239,14 @@ class Trainer:
             self.class_counts += counts
             counts = self.class_counts
         return losses.median_frequency_weights(counts) if active else None
+
+    def _pseudo_label_ce(self, logits: torch.Tensor, pseudo: torch.Tensor, pixel_weight: torch.Tensor,
+                         class_weights: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.official_class_weighted_mean:
+            # The official CrossEntropyLoss2dPixelWiseWeighted: mean(CE * w_class * w_pixel), so
+            # the class weights also scale the term as a whole (their mean is not 1).
+            return losses.weighted_cross_entropy(logits, pseudo, pixel_weight, class_weights)
+        return losses.weighted_cross_entropy(logits, pseudo, _renormalised(pixel_weight, pseudo, class_weights))
 
     @torch.no_grad()
     def _update_bank(self, images: torch.Tensor, labels: torch.Tensor) -> None:
