@@ -1,9 +1,13 @@
 """Augmentations move image and labels together; ClassMix masks and mixes as specified."""
 
+import dataclasses
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.data import IGNORE_INDEX
+from trainer.data import IGNORE_INDEX, augment
 from trainer.data.augment import AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur, geometry
 
 STRONG = AugmentParams(geometry_prob=1.0, scale_min=0.7, scale_max=1.6, shift=0.2, hflip=True,
@@ -72,3 +76,22 @@ def test_classmix_pastes_masked_pixels_onto_the_next_image():
     assert mixed_labels.tolist() == [[[1, 3], [1, 4]], [[3, 3], [6, 6]], [[1, 2], [1, 2]]]
     assert mixed_images[0, 0].tolist() == [[0, 1], [0, 1]]
     assert mixed_images[2, 0].tolist() == [[0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("official, saturation, hue", [(False, 0.25, 0.25 * math.pi),
+                                                        (True, 0.125, 2 * math.pi * 0.25 / 3)])
+def test_colour_jitter_ranges(monkeypatch, official, saturation, hue):
+    # Brightness, contrast, saturation, hue: the ranges drawn from, the hue in radians.
+    drawn = []
+
+    def uniform(n, low, high, generator, device):
+        drawn.append((low, high))
+        return torch.full((n,), float(high))
+
+    monkeypatch.setattr(augment, "_uniform", uniform)
+    colour_jitter(torch.rand(2, 3, 8, 8), dataclasses.replace(STRONG, official_jitter=official),
+                  torch.Generator().manual_seed(0))
+    (b_low, b_high), (c_low, c_high), (s_low, s_high), (h_low, h_high) = drawn
+    assert (b_low, b_high) == (c_low, c_high) == pytest.approx((0.75, 1.25))
+    assert (s_low, s_high) == pytest.approx((1 - saturation, 1 + saturation))
+    assert (h_low * math.pi, h_high * math.pi) == pytest.approx((-hue, hue))

@@ -37,7 +37,8 @@ def test_every_loss_term_is_active_after_the_ramp_up():
                                      {"official_memory_weights": True, "official_teacher_train_mode": True,
                                       "official_classmix_count": True, "bank_policy": "lowest",
                                       "official_ema": True, "bank_selection": "per_batch",
-                                      "official_class_weighted_mean": True, "class_balance": "batch"},
+                                      "official_class_weighted_mean": True, "class_balance": "batch",
+                                      "official_jitter": True},
                                      {"class_balance": "running"}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))

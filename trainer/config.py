@@ -80,7 +80,9 @@ class TrainConfig:
     amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
     channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
 
-    # --- augmentation (geometry; colour and blur strengths are the official code's) -------------
+    # --- augmentation (geometry; colour jitter strengths 0.125 weak and 0.25 strong and the blur
+    # probabilities are the official code's, the jitter's saturation and hue ranges the project's:
+    # see official_jitter) ------------------------------------------------------------------------
     aug_scale_min: float = _spec(0.75, "smallest random zoom factor", low=0.1, high=10.0)
     aug_scale_max: float = _spec(1.75, "largest random zoom factor", low=0.1, high=10.0)
     aug_shift: float = _spec(0.0, "largest random shift, as a fraction of the image side", low=0.0, high=1.0)
@@ -170,6 +172,9 @@ class TrainConfig:
     official_class_weighted_mean: bool = _spec(False, "pseudo-label CE as in the official code: mean of CE x class "
                                                "weight x pixel weight, the class weights' scale kept (the "
                                                "project rescales them to keep the pixel weights' total)")
+    official_jitter: bool = _spec(False, "colour jitter of strength s as in the official code (kornia "
+                                  "ColorJitter(s, s, s/2, s/3)): saturation by up to s/2 and hue by up to s/3 of "
+                                  "a turn, where the project's go up to s and s/2 of a turn")
     official_ema: bool = _spec(False, "teacher EMA as in the official code: momentum min(1 - 1/(10 i + 1), "
                                "the cosine momentum), over parameters only (batch-norm buffers not averaged)")
 

@@ -104,9 +104,9 @@ class Trainer:
         self._images_since_eval = 0
         self._seconds_since_eval = 0.0
         self.weak = AugmentParams(0.5, cfg.aug_scale_min, cfg.aug_scale_max, cfg.aug_shift, cfg.hflip,
-                                  jitter_prob=0.2, jitter=0.125, blur_prob=0.0)
+                                  jitter_prob=0.2, jitter=0.125, blur_prob=0.0, official_jitter=cfg.official_jitter)
         self.strong = AugmentParams(0.8, cfg.aug_scale_min, cfg.aug_scale_max, cfg.aug_shift, cfg.hflip,
-                                    jitter_prob=0.8, jitter=0.25, blur_prob=0.2)
+                                    jitter_prob=0.8, jitter=0.25, blur_prob=0.2, official_jitter=cfg.official_jitter)
 
     # --- the method ---------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:

@@ -30,6 +30,7 @@ class AugmentParams:
     jitter: float           # strength of brightness, contrast, saturation and hue changes
     blur_prob: float        # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.1, 1.5)
+    official_jitter: bool = False  # saturation by up to jitter/2, hue by up to jitter/3 of a turn
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -67,13 +68,20 @@ def geometry(images: torch.Tensor, labels: torch.Tensor, confidence: torch.Tenso
 
 
 def colour_jitter(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue, each by up to ``jitter``, on a random subset."""
+    """Brightness, contrast, saturation and hue, each by up to ``jitter``, on a random subset.
+
+    Brightness and contrast scale by up to 1 +- s, saturation too, and the hue turns by up to
+    s half-turns. ``official_jitter``: the official code's kornia ColorJitter(s, s, s/2, s/3),
+    saturation by up to 1 +- s/2 and hue by up to s/3 of a turn (2s/3 half-turns).
+    """
     n, device, s = len(images), images.device, params.jitter
+    saturation_span, hue_half_turns = (s / 2, 2 * s / 3) if params.official_jitter else (s, s)
     apply = _coin(n, params.jitter_prob, generator, device)[:, None, None, None]
     brightness = _uniform(n, 1 - s, 1 + s, generator, device)[:, None, None, None]
     contrast = _uniform(n, 1 - s, 1 + s, generator, device)[:, None, None, None]
-    saturation = _uniform(n, 1 - s, 1 + s, generator, device)[:, None, None, None]
-    hue = _uniform(n, -s, s, generator, device) * math.pi  # radians of rotation in the YIQ chroma plane
+    saturation = _uniform(n, 1 - saturation_span, 1 + saturation_span, generator, device)[:, None, None, None]
+    # radians of rotation in the YIQ chroma plane
+    hue = _uniform(n, -hue_half_turns, hue_half_turns, generator, device) * math.pi
     out = images * brightness
     grey = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2])[:, None]
     out = (out - grey.mean(dim=(2, 3), keepdim=True)) * contrast + grey.mean(dim=(2, 3), keepdim=True)
