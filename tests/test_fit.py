@@ -182,3 +182,16 @@ def test_official_class_weighted_mean_keeps_the_weights_scale():
     torch.testing.assert_close(official, log2 * (1.0 * 2 + 0.5 * 4) / 2)  # mean(CE * w_class * w_pixel)
     # The project rescales w_class * w_pixel to the pixel weights' total (1.5): (2, 2) * 1.5 / 4.
     torch.testing.assert_close(project, log2 * (2 * 1.5 / 4 + 2 * 1.5 / 4) / 2)
+
+
+def test_frozen_backbone_batch_norm_keeps_its_affine_parameters():
+    trainer = Trainer(_cfg(freeze_backbone_bn=True))
+    norms = [m for m in trainer.student.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.weight.clone(), m.bias.clone(), m.running_mean.clone()) for m in norms]
+    conv = trainer.student.backbone.stem[0].weight.clone()
+    trainer.train_step()
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    for m, (weight, bias, mean) in zip(norms, before):
+        assert torch.equal(m.weight, weight) and torch.equal(m.bias, bias)
+        assert id(m.weight) not in optimised and not torch.equal(m.running_mean, mean)  # statistics still move
+    assert not torch.equal(trainer.student.backbone.stem[0].weight, conv)

@@ -175,6 +175,8 @@ class TrainConfig:
     official_jitter: bool = _spec(False, "colour jitter of strength s as in the official code (kornia "
                                   "ColorJitter(s, s, s/2, s/3)): saturation by up to s/2 and hue by up to s/3 of "
                                   "a turn, where the project's go up to s and s/2 of a turn")
+    freeze_backbone_bn: bool = _spec(False, "the backbone's batch-norm scales and shifts are not trained (their "
+                                     "running statistics still are), as in the official DeepLabv2")
     official_ema: bool = _spec(False, "teacher EMA as in the official code: momentum min(1 - 1/(10 i + 1), "
                                "the cosine momentum), over parameters only (batch-norm buffers not averaged)")
 

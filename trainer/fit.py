@@ -39,6 +39,7 @@ from trainer.evaluation import LOSS_PARTS, Evaluation
 from trainer.memory_bank import ClassMemoryBank, bank_candidates, per_image_quota
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
+from trainer.models.backbones import freeze_batch_norm_affine
 from trainer.models.selectors import rescale_to_mean_one
 from trainer.progress import ProgressBars
 from trainer.teacher import ema_momentum, update_teacher
@@ -80,11 +81,14 @@ class Trainer:
             report = (lambda done, total: progress("pretrain", done, total)) if progress else None
             self.student.backbone.load_state_dict(pretrained_backbone(cfg.network, cfg.pretrain_steps, progress=report))
         self.student.to(self.device).train()
+        if cfg.freeze_backbone_bn:
+            freeze_batch_norm_affine(self.student.backbone)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        # Frozen parameters stay out of the optimiser, so weight decay does not shrink them either.
+        self.optimizer = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=cfg.lr,
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.bank = ClassMemoryBank(self.num_classes, cfg.bank_size, cfg.proj_dim, self.device)
         self.per_image = cfg.bank_per_image or per_image_quota(
             cfg.bank_size, len(self.data.labeled), self.num_classes,

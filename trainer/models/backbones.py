@@ -123,6 +123,15 @@ class ResNet(nn.Module):
         return low, self.layer4(self.layer3(self.layer2(low)))
 
 
+def freeze_batch_norm_affine(backbone: nn.Module) -> None:
+    """Stop training the scale and shift of every batch norm (their running statistics still
+    update), as the official DeepLabv2 does with its ImageNet ResNet."""
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
 def resnet50(dilate: tuple[bool, bool] = (False, True)) -> ResNet:
     return ResNet((3, 4, 6, 3), dilate)
 
