@@ -169,6 +169,8 @@ class TrainConfig:
     official_aspp: bool = _spec(False, "ASPP sums only its first two branches, as in the official code")
     official_classmix_count: bool = _spec(False, "ClassMix takes floor(n/2)+1 classes instead of half")
     official_teacher_train_mode: bool = _spec(False, "teacher runs in train mode (batch statistics)")
+    official_ema: bool = _spec(False, "teacher EMA as in the official code: momentum min(1 - 1/(10 i + 1), "
+                               "the cosine momentum), over parameters only (batch-norm buffers not averaged)")
     official_class_weighted_mean: bool = _spec(False, "pseudo-label CE as in the official code: mean of CE x class "
                                                "weight x pixel weight, the class weights' scale kept (the "
                                                "project rescales them to keep the pixel weights' total)")
@@ -177,8 +179,6 @@ class TrainConfig:
                                   "a turn, where the project's go up to s and s/2 of a turn")
     freeze_backbone_bn: bool = _spec(False, "the backbone's batch-norm scales and shifts are not trained (their "
                                      "running statistics still are), as in the official DeepLabv2")
-    official_ema: bool = _spec(False, "teacher EMA as in the official code: momentum min(1 - 1/(10 i + 1), "
-                               "the cosine momentum), over parameters only (batch-norm buffers not averaged)")
 
     # --- fault injection -----------------------------------------------------------------
     # For fault-injection tests: a divergence that happens on every machine, where a large
