@@ -122,9 +122,11 @@ class StoreCallback(Callback):
 
     def _trial_row(self, trial: Any) -> dict[str, Any]:
         _ = self.store  # loads rows of a resumed study first
-        row = self._trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "study": self.study})
-        row.update(config_columns(self._config(trial)))
-        if row.get("params") is None:
+        row = self._trials.get(trial.trial_id)
+        if row is None:  # once per trial: its config and sampled params do not change
+            row = self._trials[trial.trial_id] = {"trial_id": trial.trial_id, "study": self.study,
+                                                  **config_columns(self._config(trial))}
+        if row.get("params") is None:  # a row read back from a study stored before params existed
             row.update(searched_params(self.spec.search_space, trial.config))
         return row
 

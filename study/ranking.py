@@ -13,14 +13,12 @@ without an evaluation are not ranked.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from study.records import FINISHED, STOPPED, stored_config
 from study.store import ResultStore
-from trainer.atomic import write_text_atomic
 from trainer.config import ConfigError, TrainConfig
 
 
@@ -74,5 +72,5 @@ def export_config(folder: Path, rank: int, out: Path) -> tuple[dict[str, Any], T
     out = Path(out)
     if out.parent and not out.parent.is_dir():
         raise ConfigError(f"-o {out}: the folder {out.parent} does not exist")
-    write_text_atomic(out, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    cfg.save(out)
     return row, cfg

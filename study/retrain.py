@@ -92,11 +92,11 @@ def _run_on_ray(spec: StudySpec, store: ResultStore, jobs: list[tuple[Candidate,
     import ray
     from tqdm import tqdm
 
-    from study.run import WAIT_FOR_NODES_S, _ensure_pretrained, check_fits, connect
+    from study.run import _ensure_pretrained, check_fits, connect
 
     owns_ray = connect(spec.address)
     try:
-        check_fits(spec, wait_s=WAIT_FOR_NODES_S if spec.address else 0.0)
+        check_fits(spec)
         _ensure_pretrained(jobs[0][0].config)
         task = ray.remote(train_and_test).options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                                                   max_retries=1)

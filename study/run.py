@@ -65,9 +65,10 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
         # Checked on the driver: on a cluster the data must sit at the same path on every node.
         raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
                           "give the dataset's root with --set data_root=PATH")
-    spec.search_space.check_keys(base=spec.base_config())
+    base = spec.base_config()
+    spec.search_space.check_keys(base=base)
     for i, point in enumerate(spec.points, start=1):
-        spec.search_space.check_point(point, spec.base_config(), what=f"--points entry {i}")
+        spec.search_space.check_point(point, base, what=f"--points entry {i}")
     grace, note = grace_after_ramp_up(spec.grace, cfg)
     return cfg, grace, note
 
@@ -83,7 +84,7 @@ def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: boo
 
     owns_ray = connect(spec.address)
     try:
-        check_fits(spec, wait_s=WAIT_FOR_NODES_S if spec.address else 0.0)  # before anything is written
+        check_fits(spec)  # before anything is written
         if not resume:
             create_folder(folder, say)
             # A shared --storage may hold an older study of the same name: never continue it by accident.
@@ -169,14 +170,17 @@ def _ensure_pretrained(cfg: TrainConfig) -> None:
 WAIT_FOR_NODES_S = 60.0  # an autoscaling cluster may start a node that fits; a fixed one never will
 
 
-def check_fits(spec: StudySpec, wait_s: float = 0.0, poll_s: float = 2.0) -> None:
+def check_fits(spec: StudySpec, wait_s: float | None = None, poll_s: float = 2.0) -> None:
     """Refuse a study that no node of the cluster can ever run one trial of (Tune would wait forever).
 
-    On a cluster (``wait_s`` > 0) the autoscaler is asked for one trial's resources and given
-    ``wait_s`` seconds to add a node that holds them; a local Ray cannot grow, so it is told at once.
+    On a cluster (``--address``) the autoscaler is asked for one trial's resources and given
+    ``wait_s`` seconds (default ``WAIT_FOR_NODES_S``) to add a node that holds them; a local Ray
+    cannot grow, so it is told at once.
     """
     import ray
 
+    if wait_s is None:
+        wait_s = WAIT_FOR_NODES_S if spec.address else 0.0
     need = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
     need = {k: v for k, v in need.items() if v > 0}
 
@@ -185,7 +189,13 @@ def check_fits(spec: StudySpec, wait_s: float = 0.0, poll_s: float = 2.0) -> Non
                    for node in ray.nodes() if node["Alive"])
 
     deadline = time.monotonic() + wait_s
-    requested = False
+    if wait_s > 0 and not fits():
+        try:  # a no-op on a cluster without an autoscaler
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[need])
+        except Exception as err:  # noqa: BLE001 - best effort; the wait below decides
+            logger.debug("request_resources failed: %s", err)
     while not fits():
         if time.monotonic() >= deadline:
             nodes = ", ".join(f"{n['NodeManagerAddress']} ({n['Resources'].get('CPU', 0):g} CPU, "
@@ -194,15 +204,6 @@ def check_fits(spec: StudySpec, wait_s: float = 0.0, poll_s: float = 2.0) -> Non
             raise ConfigError(f"no node of the Ray cluster can hold one trial of --cpus-per-trial "
                               f"{spec.cpus_per_trial:g} and --gpus-per-trial {spec.gpus_per_trial:g}{waited}; "
                               f"alive nodes: {nodes or 'none'}; lower those flags or add a node that has them")
-        if not requested:
-            try:  # a no-op on a cluster without an autoscaler
-                from ray.autoscaler.sdk import request_resources
-
-                request_resources(bundles=[need])
-                requested = True
-            except Exception as err:  # noqa: BLE001 - best effort; the wait below decides
-                logger.debug("request_resources failed: %s", err)
-                requested = True
         time.sleep(poll_s)
 
 
@@ -280,7 +281,6 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
 def summary(store: "Any") -> dict[str, Any]:
     """The best trial (rank 1 of ``study.ranking``), read back from Parquet."""
     from study.ranking import ranked_trials
-    from study.records import stored_config
 
     trials = store.trials().to_pylist()
     counts: dict[str, int] = {}
@@ -290,4 +290,4 @@ def summary(store: "Any") -> dict[str, Any]:
     if not ranked:
         return {"trials": len(trials), "counts": counts, "best": None}
     best = ranked[0]
-    return {"trials": len(trials), "counts": counts, "best": best, "best_config": stored_config(best).to_dict()}
+    return {"trials": len(trials), "counts": counts, "best": best}
