@@ -225,10 +225,9 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
     from ray.tune.schedulers import FIFOScheduler
 
     from study.callbacks import StoreCallback
-    from study.search import METRIC, DefineByRun, PersistentASHA, StudySearcher, make_sampler
+    from study.search import PersistentASHA, make_sampler, make_searcher
     from study.trial import run_trial
 
-    space = spec.search_space
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
@@ -248,10 +247,8 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
         storage = optuna.storages.RDBStorage(storage_url)
     except Exception as err:  # a bad URL or an unreachable database
         raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
-    searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
-                             storage=storage, study_name=spec.study_id or spec.name,
-                             points_to_evaluate=([space.paper_point] if space.paper_point else []) + spec.points
-                             or None)
+    searcher = make_searcher(spec.search_space, sampler, storage=storage, study_name=spec.study_id or spec.name,
+                             points=spec.points)
     if spec.scheduler == "asha":
         scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
                                    reduction_factor=spec.reduction)

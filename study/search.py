@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -24,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import SearchSpace
+from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
 from study.records import METRIC
 from trainer.atomic import write_text_atomic
@@ -61,6 +63,17 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
             # and the conditional temperature falls to its independent (random) sampler.
             return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"sampler {kind!r}: choose tpe, random or gp")
+
+
+def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, storage: Any = None,
+                  study_name: str = "simulation", paper_point: bool = True,
+                  points: Sequence[Mapping[str, Any]] = ()) -> "StudySearcher":
+    """The searcher of a study: the space's paper point, then ``points``, first; Optuna's record in
+    ``storage`` (None: in memory, as a simulated study keeps it)."""
+    first = ([dict(space.paper_point)] if paper_point and space.paper_point else []) + [dict(p) for p in points]
+    with quiet_optuna() if storage is None else contextlib.nullcontext():
+        return StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler, storage=storage,
+                             study_name=study_name, points_to_evaluate=first or None)
 
 
 class StudySearcher(OptunaSearch):

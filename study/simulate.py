@@ -48,7 +48,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import SearchSpace, get_space
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
-from study.search import METRIC, TIME_ATTR, DefineByRun, PersistentASHA, StudySearcher, make_sampler
+from study.search import METRIC, TIME_ATTR, PersistentASHA, make_sampler, make_searcher
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 RUNNING, PAUSED, FINISHED, STOPPED, CUT = "running", "paused", "finished", "stopped", "cut"
@@ -606,15 +606,6 @@ class TopKAfterRung(FIFOScheduler):
 SchedulerFactory = Callable[[Path, int, "int | None"], TrialScheduler]  # (state dir, max_t, samples)
 
 TOPK_POPULATION = 30  # trials screened at the rung when a study is given a budget, not a count
-
-
-def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, paper_point: bool = True,
-                  points: Sequence[Mapping[str, Any]] = (), study_name: str = "simulation") -> StudySearcher:
-    """The searcher as a study builds it (the paper point, then ``points``, first), on in-memory Optuna storage."""
-    first = ([dict(space.paper_point)] if paper_point and space.paper_point else []) + [dict(p) for p in points]
-    with quiet_optuna():
-        return StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
-                             study_name=study_name, points_to_evaluate=first or None)
 
 
 def asha(grace: int = 300, reduction: float = 3, brackets: int = 1) -> SchedulerFactory:
