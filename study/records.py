@@ -119,9 +119,12 @@ MEASURED = (
     Column("device_type", pa.string(), "'cpu', or 'cuda:<GPU name>'", since=3),
 )
 
+# Every row says which schema wrote it and which study it belongs to.
+_WRITTEN_BY = (Column("schema_version", pa.int16(), "SCHEMA_VERSION of the writer"),
+               Column("study", pa.string(), "study name"))
+
 REPORTS = Table("reports", ("trial_id", "iteration"), (
-    Column("schema_version", pa.int16(), "SCHEMA_VERSION of the writer"),
-    Column("study", pa.string(), "study name"),
+    *_WRITTEN_BY,
     Column("trial_id", pa.string(), "Ray Tune trial id"),
     Column("iteration", pa.int64(), "training iteration of the evaluation"),
     Column("time_total_s", pa.float64(), "wall time of the trial so far, seconds"),
@@ -131,8 +134,7 @@ REPORTS = Table("reports", ("trial_id", "iteration"), (
 ))
 
 TRIALS = Table("trials", ("trial_id",), (
-    Column("schema_version", pa.int16(), "SCHEMA_VERSION of the writer"),
-    Column("study", pa.string(), "study name"),
+    *_WRITTEN_BY,
     Column("trial_id", pa.string(), "Ray Tune trial id"),
     Column("status", pa.string(), "one of " + ", ".join(STATUSES)),
     Column("stop_reason", pa.string(), "why it ended early, e.g. 'asha: ...' or 'diverged: loss is nan at ...'"),
@@ -155,8 +157,7 @@ TRIALS = Table("trials", ("trial_id",), (
 ))
 
 RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (
-    Column("schema_version", pa.int16(), "SCHEMA_VERSION of the writer"),
-    Column("study", pa.string(), "study name"),
+    *_WRITTEN_BY,
     Column("candidate", pa.string(), "'#1 <trial id>', 'paper point' or 'supervised only'"),
     Column("source", pa.string(), "the trial id, or 'paper' / 'supervised'"),
     Column("rank", pa.int64(), "the trial's rank in the study (null for the reference points)"),
