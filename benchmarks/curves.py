@@ -21,7 +21,6 @@ studies' specs, the git commit and the library versions.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.records import FINISHED
-from study.spec import read_study_json
+from study.simulate import study_curves
 from study.store import ResultStore
 from trainer.atomic import atomic_write, write_text_atomic
 
@@ -38,35 +37,10 @@ OUT = Path(__file__).parent / "data" / "digits_curves.parquet"
 COMMANDS = [line.strip() for line in __doc__.split("::")[1].split("The table")[0].strip().splitlines()]
 
 
-def config_id(params: str) -> str:
-    """A configuration's name: the same sampled values give the same id, whatever the seed."""
-    return hashlib.sha256(json.dumps(json.loads(params), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def curves(folder: Path) -> list[dict]:
-    """One row per evaluation of the study in ``folder``, with the trial's config and outcome."""
-    spec = read_study_json(folder)
-    store = ResultStore(folder, spec.name)
-    trials = {t["trial_id"]: t for t in store.trials().to_pylist()}
-    rows = []
-    for r in sorted(store.reports().to_pylist(), key=lambda r: (r["trial_id"], r["iteration"])):
-        t = trials.get(r["trial_id"])
-        if t is None or not t.get("params"):
-            continue
-        rows.append({
-            "study": spec.name, "trial_id": r["trial_id"], "config_id": config_id(t["params"]),
-            "seed": r["config.seed"], "status": t["status"], "full_budget": t["status"] == FINISHED,
-            "iteration": r["iteration"], "val_miou": r["val_miou"], "test_miou": r["test_miou"],
-            "train_seconds": r["train_seconds"], "time_total_s": r["time_total_s"],
-            "params": t["params"], "distributions": t["distributions"],
-        })
-    return rows
-
-
 def write_table(names: list[str], root: Path, out: Path) -> pa.Table:
     from study.spec import environment
 
-    rows = [row for name in names for row in curves(root / name)]
+    rows = [row for name in names for row in study_curves(root / name)]
     if not rows:
         raise SystemExit(f"no evaluations in {', '.join(names)} under {root}")
     table = pa.Table.from_pylist(rows)

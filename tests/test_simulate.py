@@ -18,9 +18,10 @@ from ray.tune.schedulers import FIFOScheduler
 from search_spaces import SearchSpace
 from study import ray_internals
 from study.search import PersistentASHA
+from study.rung_ranks import spearman
+from study.search import make_sampler, make_searcher
 from study.simulate import (CUT, FINISHED, METHODS, STOPPED, CurveTable, TopKAfterRung, curve_seconds, distance,
-                            make_sampler, make_searcher, measured_startup, run_method, simulate, spearman,
-                            validate_nearest)
+                            measured_startup, run_method, simulate, validate_nearest)
 
 LOSS = CategoricalDistribution(["a", "b", "c", "d", "e"])
 LR = FloatDistribution(0.001, 0.1, log=True)
