@@ -128,6 +128,25 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--quiet", action="store_true", help="no progress bar")
     retrain.set_defaults(handler=_retrain)
 
+    simulate = commands.add_parser(
+        "simulate", help="replay a study's full-budget curves to compare schedules before a big study",
+        description="Simulated studies (no training) of one method and of random + FIFO on the same compute: "
+                    "each proposed config replays the curve of the study's nearest config that ran to the end.")
+    simulate.add_argument("name")
+    simulate.add_argument("--dir", type=Path, default=Path("studies"))
+    simulate.add_argument("--searcher", choices=("tpe", "random", "gp"), help="default: the study's")
+    simulate.add_argument("--scheduler", choices=("asha", "fifo", "topk"), help="default: the study's")
+    simulate.add_argument("--grace", type=int, help="ASHA's first rung (topk: the screening rung); default: the study's")
+    simulate.add_argument("--reduction", type=float,
+                          help="ASHA's reduction factor (topk: keep 1/REDUCTION); default: the study's")
+    simulate.add_argument("--brackets", type=int, default=1, help="ASHA brackets (Hyperband-style when above 1)")
+    simulate.add_argument("--workers", type=int, default=2, help="trials at once")
+    simulate.add_argument("--repeats", type=int, default=20, help="simulated studies per method")
+    simulate.add_argument("--samples", type=int,
+                          help="compute budget, in full trials of the study on average (default: its --samples)")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.set_defaults(handler=_simulate)
+
     export = commands.add_parser("export", help="a trial's config as a TrainConfig JSON for `train --config`")
     export.add_argument("name")
     export.add_argument("--dir", type=Path, default=Path("studies"))
@@ -177,6 +196,28 @@ def _retrain(args: argparse.Namespace) -> int:
     rows = retrain(folder, top=args.top, seeds=args.seeds, iterations=args.iterations, progress=not args.quiet)
     print(table_text(rows))
     print(f"results: {folder / 'retrain'} (the report shows them: `semiseg-study report {args.name}`)")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from study.simulate import method_from_flags
+    from study.simulate.efficiency import format_seconds, format_summaries, simulate_study
+    from study.spec import read_study_json
+
+    folder = _study_folder(args.dir, args.name)
+    spec = read_study_json(folder)
+    method = method_from_flags(args.searcher or spec.searcher, args.scheduler or spec.scheduler,
+                               grace=spec.grace if args.grace is None else args.grace,
+                               reduction=spec.reduction if args.reduction is None else args.reduction,
+                               brackets=args.brackets)
+    result = simulate_study(folder, method, workers=args.workers, repeats=args.repeats,
+                            samples=args.samples or spec.samples, progress=not args.quiet)
+    near = result.nearest
+    print(f"{result.curves} full curves of {args.name}; trial start-up {result.startup_s:.1f} s; compute per "
+          f"simulated study {format_seconds(result.budget_s)}; {args.workers} workers, {args.repeats} repeats")
+    print(f"a new config replays its nearest curve: final val error {100 * near['mae']:.1f} mIoU "
+          f"(the mean of the others: {100 * near['mae_of_mean']:.1f})")
+    print(format_summaries(result.summaries, result.target))
     return 0
 
 

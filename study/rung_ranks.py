@@ -14,8 +14,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from scipy.stats import ConstantInputWarning, spearmanr
-
 from study.records import FINISHED, METRIC
 
 POOR = 0.5       # below this, the rung's order says little about the final order
@@ -26,6 +24,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation, ties sharing their mean rank; NaN when a side is constant or too short."""
     if len(x) < 2:
         return math.nan
+    from scipy.stats import ConstantInputWarning, spearmanr  # deferred: scipy.stats takes seconds to import
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstantInputWarning)
         return float(spearmanr(x, y).statistic)

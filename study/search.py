@@ -143,12 +143,15 @@ def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]
 
 
 class PersistentASHA(ASHAScheduler):
-    """ASHA on the trainer's iterations, whose rungs survive a driver restart."""
+    """ASHA on the trainer's iterations, whose rungs survive a driver restart.
 
-    def __init__(self, state_path: str | Path, **kwargs: Any) -> None:
+    ``state_path`` None keeps the rungs in memory only: a simulated study, which has no driver to lose.
+    """
+
+    def __init__(self, state_path: str | Path | None, **kwargs: Any) -> None:
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
         internals.check(self, "ASHAScheduler")
-        self._state_path = str(state_path)
+        self._state_path = None if state_path is None else str(state_path)
         self._loaded = False
         self._stopped: set[str] = set()
 
@@ -157,7 +160,7 @@ class PersistentASHA(ASHAScheduler):
         if self._loaded:
             return
         self._loaded = True
-        if not os.path.isfile(self._state_path):
+        if self._state_path is None or not os.path.isfile(self._state_path):
             return
         with open(self._state_path) as handle:
             saved = json.load(handle)
@@ -169,6 +172,8 @@ class PersistentASHA(ASHAScheduler):
                     recorded.update(saved_recorded)
 
     def _save(self) -> None:
+        if self._state_path is None:
+            return
         state = {"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)] for b in internals.asha_brackets(self)],
                  "stopped": sorted(self._stopped)}
         write_text_atomic(self._state_path, json.dumps(state))

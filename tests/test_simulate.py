@@ -253,7 +253,7 @@ def test_every_registered_method_replays_a_study(tmp_path):
 
 
 def test_hyperband_style_brackets_have_distinct_rungs(tmp_path):
-    scheduler = METHODS["tpe+hyperband"].scheduler(tmp_path, 900, 10)
+    scheduler = METHODS["tpe+hyperband"].scheduler(900, 10)
     rungs = [[m for m, _ in ray_internals.bracket_rungs(b)] for b in ray_internals.asha_brackets(scheduler)]
     assert rungs == [[600, 300], [600], []]
 
@@ -286,3 +286,48 @@ def test_the_gp_sampler_learns_from_the_replayed_results(tmp_path):
     assert proposals[:3] == ["b", "d", "a"]  # its random start-up
     assert proposals[-1] == "d"  # then the best config seen, once it has tried the one it had not
     assert result.selected.params == {"loss": "d"} and result.selected_val == pytest.approx(0.45)
+
+
+# --- `semiseg-study simulate` on tiny real studies ------------------------------------------------
+
+def _fifo_study(root: Path, name: str, samples: int) -> Path:
+    from conftest import REPORT_SPACE, REPORT_TINY
+    from study.run import run_study
+    from study.spec import StudySpec
+
+    space = root / "tiny.yaml"
+    space.write_text(REPORT_SPACE)
+    spec = StudySpec(name=name, space=str(space), samples=samples, max_iters=6, grace=3, scheduler="fifo", searcher="random",
+                     concurrency=2, fixed=dict(REPORT_TINY), seed=0)
+    run_study(spec, root, progress=False, say=lambda _: None)
+    return root / name
+
+
+def test_simulate_replays_a_finished_study_through_the_cli(ray_local, tmp_path, capsys):
+    from study.cli import main
+
+    _fifo_study(tmp_path, "six", samples=6)
+    capsys.readouterr()
+    code = main(["simulate", "six", "--dir", str(tmp_path), "--searcher", "tpe", "--scheduler", "asha", "--grace", "3",
+                 "--reduction", "2", "--repeats", "2", "--samples", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("6 full curves of six")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("tpe+asha", "random+fifo"))}
+    assert set(rows) == {"tpe+asha", "random+fifo"}
+    for row in rows.values():
+        assert row[1] == "2"                                   # workers
+        assert 0 <= int(row[2].rstrip("%")) <= 100             # share of repeats that reached the target
+
+
+def test_simulate_needs_enough_full_curves(ray_local, tmp_path, capsys):
+    from study.cli import main
+    from study.simulate.efficiency import MIN_CURVES
+
+    _fifo_study(tmp_path, "three", samples=MIN_CURVES - 2)
+    capsys.readouterr()
+    code = main(["simulate", "three", "--dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and f"has {MIN_CURVES - 2} trials that ran the full budget" in err
+    assert f"at least {MIN_CURVES}" in err

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from search_spaces import SearchSpace
-from study.simulate.methods import Method, run_method
+from study.simulate.methods import METHODS, Method, run_method
 from study.simulate.replay import SimResult
-from study.simulate.table import CurveTable
+from study.simulate.table import CurveTable, measured_startup, validate_nearest
 
 TARGET_QUANTILE = 0.95
 
@@ -117,3 +119,56 @@ def format_summaries(summaries: Sequence[Summary], target: float) -> str:
         lines.append(f"{s.method:<16}{s.workers:>8}{s.reached:>9.0%}  {compute:<36}{format_seconds(s.wall_s[1]):>24}"
                      f"{test:>38}{s.trials:>8.0f}")
     return "\n".join(lines)
+
+
+MIN_CURVES = 5  # fewer full curves than this replay too coarse a picture of the space
+
+
+@dataclass(frozen=True)
+class StudySimulation:
+    """``semiseg-study simulate``'s answer: the method and random + FIFO on one study's own curves."""
+
+    summaries: list[Summary]
+    target: float
+    curves: int
+    startup_s: float
+    budget_s: float
+    nearest: dict[str, Any]   # ``validate_nearest``: how faithful the replay of a new config is
+
+
+def simulate_study(folder: str | Path, method: Method, *, workers: int, repeats: int, samples: int,
+                   progress: bool = False) -> StudySimulation:
+    """Replay ``method`` and random + FIFO ``repeats`` times each on the study's full-budget curves.
+
+    Both get the same compute: what ``samples`` full trials of the study cost on average, so a
+    method that stops trials early tries more configs within it.
+    """
+    from study.spec import read_study_json
+    from trainer.config import ConfigError
+
+    folder = Path(folder)
+    spec = read_study_json(folder)
+    try:
+        table = CurveTable.from_study(folder)
+    except ValueError as err:
+        raise ConfigError(f"study {spec.name!r}: {err}; a simulation replays trials that ran to the end "
+                          f"(--scheduler fifo runs every trial to the end)") from None
+    if len(table.curves) < MIN_CURVES:
+        raise ConfigError(f"study {spec.name!r} has {len(table.curves)} trials that ran the full budget; a simulation "
+                          f"needs at least {MIN_CURVES}: resume it or run one with --scheduler fifo")
+    for name, value in (("--workers", workers), ("--repeats", repeats), ("--samples", samples)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: must be at least 1")
+    startup = measured_startup(folder)
+    budget = samples * (startup + float(np.mean([c.final.seconds for c in table.curves])))
+    space = spec.search_space
+    baseline = METHODS["random+fifo"]
+    methods = [method] if method.name == baseline.name else [method, baseline]
+    target = target_val(table)
+    summaries = []
+    with tqdm(total=repeats * len(methods), desc="simulated studies", unit="study", disable=not progress) as bar:
+        for m in methods:
+            results = repeat(m, table, repeats=repeats, workers=workers, startup_s=startup, budget_s=budget,
+                             space=space, progress=bar)
+            summaries.append(summarize(m.name, results, target))
+    return StudySimulation(summaries, target, len(table.curves), startup, budget, validate_nearest(table))

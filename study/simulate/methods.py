@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -74,23 +72,23 @@ class TopKAfterRung(FIFOScheduler):
 
 # --- the methods ----------------------------------------------------------------------------
 
-SchedulerFactory = Callable[[Path, int, "int | None"], TrialScheduler]  # (state dir, max_t, samples)
+SchedulerFactory = Callable[[int, "int | None"], TrialScheduler]  # (max_t, samples)
 
 TOPK_POPULATION = 30  # trials screened at the rung when a study is given a budget, not a count
 
 
 def asha(grace: int = 300, reduction: float = 3, brackets: int = 1) -> SchedulerFactory:
-    return lambda folder, max_t, samples: PersistentASHA(folder / "asha_rungs.json", max_t=max_t, grace_period=grace,
-                                                         reduction_factor=reduction, brackets=brackets)
+    return lambda max_t, samples: PersistentASHA(None, max_t=max_t, grace_period=grace, reduction_factor=reduction,
+                                                 brackets=brackets)
 
 
 def fifo() -> SchedulerFactory:
-    return lambda folder, max_t, samples: FIFOScheduler()
+    return lambda max_t, samples: FIFOScheduler()
 
 
 def top_k(rung: int = 300, keep: float = 1 / 3) -> SchedulerFactory:
     """Keep a fraction of the population (a third: what ASHA's reduction 3 keeps at its first rung)."""
-    def build(folder: Path, max_t: int, samples: int | None) -> TrialScheduler:
+    def build(max_t: int, samples: int | None) -> TrialScheduler:
         population = samples or TOPK_POPULATION
         return TopKAfterRung(rung, k=max(1, round(population * keep)), population=population)
     return build
@@ -146,11 +144,10 @@ def run_method(method: str | Method, table: CurveTable, *, workers: int, startup
             raise ValueError(f"method {method!r}: choose one of {', '.join(METHODS)}")
         method = METHODS[method]
     space = space or get_space("default")
-    with tempfile.TemporaryDirectory(prefix="semiseg-sim-") as folder:
-        scheduler = method.scheduler(Path(folder), table.budget, samples)
-        searcher = make_searcher(space, make_sampler(method.sampler, seed), paper_point=paper_point)
-        return simulate(table, searcher, scheduler, workers, startup_s=startup_s, seed=seed, samples=samples,
-                        budget_s=budget_s)
+    scheduler = method.scheduler(table.budget, samples)
+    searcher = make_searcher(space, make_sampler(method.sampler, seed), paper_point=paper_point)
+    return simulate(table, searcher, scheduler, workers, startup_s=startup_s, seed=seed, samples=samples,
+                    budget_s=budget_s)
 
 
 def compare(table: CurveTable, names: Sequence[str] = tuple(METHODS), *, seeds: Sequence[int] = (0,),
