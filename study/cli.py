@@ -256,7 +256,23 @@ def _run(args: argparse.Namespace) -> int:
     # What the space sampled for it (its branch only), as stored with the trial.
     print("best config: " + json.dumps(json.loads(best.get("params") or "{}"), sort_keys=True))
     print(f"results: {args.dir / name / 'results'}")
+    warning = _grace_warning(args.dir / name)
+    if warning:
+        print(f"warning: {warning}")
     return 0
+
+
+def _grace_warning(folder: Path) -> str | None:
+    """The report's flag on a grace period whose rung ranks the final score poorly, for ``run``'s summary."""
+    from study.rung_ranks import grace_warning, rung_ranks
+    from study.spec import read_study_json
+    from study.store import ResultStore
+
+    spec = read_study_json(folder)
+    if spec.scheduler != "asha":
+        return None
+    store = ResultStore(folder, spec.name)
+    return grace_warning(rung_ranks(store.reports().to_pylist(), store.trials().to_pylist()), spec.grace)
 
 
 def _read_points(path: Path) -> list[dict[str, Any]]:

@@ -200,3 +200,23 @@ def test_a_study_that_samples_nothing_still_renders_and_says_so(data):
     page = render(plain)
     assert page.count('class="plotly-graph-div"') == len(SECTIONS)
     assert "samples no params" in page
+
+
+def test_rung_ranking_follows_the_finished_trials_and_a_poor_grace_is_flagged(data):
+    import dataclasses
+
+    from study.records import FINISHED
+    from study.rung_ranks import rung_ranks
+
+    ranks = rung_ranks(data.reports, data.trials)
+    fig = trials.rung_ranking(data)
+    assert list(fig.data[0].x) == [r.iteration for r in ranks]
+    assert data.grace == 3  # the small study's ASHA, read from its study.json
+    # Six finished trials whose order at the grace rung is the reverse of their final order.
+    rows = [{**data.trials[0], "trial_id": f"r{i}", "status": FINISHED} for i in range(6)]
+    reports = [{**data.reports[0], "trial_id": f"r{i}", "iteration": it, "val_miou": v}
+               for i in range(6) for it, v in ((3, 0.5 - 0.05 * i), (6, 0.1 + 0.05 * i), (12, 0.2 + 0.05 * i))]
+    reversed_study = dataclasses.replace(data, trials=rows, reports=reports)
+    page = render(reversed_study)
+    assert "id='grace-warning'" in page and "(iteration 3) ranks the final val mIoU poorly" in page
+    assert "id='grace-warning'" not in render(dataclasses.replace(reversed_study, grace=6))

@@ -35,6 +35,7 @@ class StudyData:
     reports: list[dict[str, Any]]                     # sorted by (trial_id, iteration)
     params: dict[str, BaseDistribution]               # every param any trial sampled
     retrain: list[dict[str, Any]] = field(default_factory=list)
+    grace: int | None = None                          # ASHA's first rung, where study.json says ASHA ran
 
     @property
     def ranked(self) -> list[dict[str, Any]]:
@@ -75,7 +76,16 @@ def load_study(folder: Path, require_scores: bool = True) -> StudyData:
     for row in trials:
         for name, dist in json.loads(row.get("distributions") or "{}").items():
             params.setdefault(name, json_to_distribution(json.dumps(dist)))
-    return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist())
+    return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist(), _grace(folder))
+
+
+def _grace(folder: Path) -> int | None:
+    """The study's grace period from its study.json; None without one (a copied results/ alone) or without ASHA."""
+    try:
+        spec = json.loads((folder / "study.json").read_text())["spec"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return int(spec["grace"]) if spec.get("scheduler") == "asha" and spec.get("grace") else None
 
 
 def finite(value: Any) -> bool:

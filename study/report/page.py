@@ -14,6 +14,7 @@ from study.report import compare, sweep, trials
 from study.report.retrain import retrain_figures
 from study.report.data import StudyData, esc, load_study
 from study.records import STATUSES
+from study.rung_ranks import grace_warning, rung_ranks
 from trainer.atomic import write_text_atomic
 
 # (id, heading, how to read it, builder): the page's figures, in reading order.
@@ -26,6 +27,9 @@ SECTIONS: list[Section] = [
     ("importance", "Importance", "Which params explain the score, and how many trials that rests on.",
      sweep.importance),
     ("curves", "Learning curves", "Crosses mark trials stopped early.", trials.learning_curves),
+    ("rung-ranks", "Do early scores rank the final one?",
+     "ASHA stops on the score at its rungs; near 1 the early order is the final order, near 0 it is noise.",
+     trials.rung_ranking),
     ("timeline", "Timeline", "Trials over wall time, by node and outcome.", trials.timeline),
     ("per-class", "Per-class IoU", "What the best trials segment well, and what not.", trials.per_class_iou),
     ("bank-fill", "Memory bank", "Fill of each class's bank over training.", trials.bank_fill),
@@ -46,6 +50,9 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
            running: bool = False) -> str:
     """The whole page as a string."""
     parts: list[str] = []
+    warning = grace_warning(rung_ranks(data.reports, data.trials), data.grace) if data.grace else None
+    if warning:
+        parts.append(f"<p class='warning' id='grace-warning'>Warning: {esc(warning)}.</p>")
     if others:
         parts.append("<h2>Studies compared</h2>")
         parts += [_div(build([data, *others]), key) for key, build in COMPARE]
@@ -62,7 +69,7 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
 <html lang="en"><head><meta charset="utf-8">{meta}
 <title>semiseg-study: {esc(data.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;color:#222}}
-.hint{{color:#666;margin-top:-.6em}} .written{{color:#444}}</style>
+.hint{{color:#666;margin-top:-.6em}} .warning{{color:#a40000;font-weight:600}} .written{{color:#444}}</style>
 <script type="text/javascript">{get_plotlyjs()}</script></head>
 <body><h1>Study {esc(data.name)}</h1>
 <p class="written" id="written">Written {trials.written_at()} from the Parquet in {esc(data.folder)} ({state}):

@@ -199,8 +199,12 @@ def importance(data: StudyData) -> go.Figure:
             params = params_of(t)
             study.add_trial(optuna.trial.create_trial(
                 params=params, distributions={n: data.params[n] for n in params}, value=t["best_val_miou"]))
-        values = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        try:
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except RuntimeError as err:  # fANOVA cannot split trials whose params are all the same
+            fig.add_annotation(text=f"no importance: {esc(err)}", showarrow=False, x=0.5, y=0.5, xref="paper",
+                               yref="paper")
     names = list(values)[::-1]
     fig.add_trace(go.Bar(x=[values[n] for n in names], y=[esc(n) for n in names], orientation="h",
                          hovertemplate="%{y}: %{x:.3f}<extra></extra>", name="importance"))

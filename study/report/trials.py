@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from study.records import ERRORED, STOPPED
+from study.rung_ranks import MIN_TRIALS, POOR, rung_ranks
 from study.report.data import StudyData, esc, finite, params_of
 from study.report.sweep import MIOU, STATUS_COLOURS, fmt, hover, table_height
 
@@ -42,6 +44,29 @@ def learning_curves(data: StudyData) -> go.Figure:
                                                  line=dict(width=1, color="black"))))
     fig.update_layout(title="Learning curves of every trial (green finished, yellow stopped early)",
                       xaxis=dict(title="training iteration"), yaxis=dict(title=MIOU))
+    return fig
+
+
+def rung_ranking(data: StudyData) -> go.Figure:
+    """Per evaluated iteration: how the val mIoU there ranks the final one, among trials that ran to the end."""
+    ranks = rung_ranks(data.reports, data.trials)
+    fig = go.Figure()
+    # Undefined correlations (too few trials, or a constant score) stay gaps in the line.
+    fig.add_trace(go.Scatter(
+        x=[r.iteration for r in ranks], y=[None if math.isnan(r.spearman) else r.spearman for r in ranks],
+        mode="lines+markers", name="Spearman", text=[f"{r.trials} trials" for r in ranks],
+        hovertemplate="iteration %{x}: %{y:.2f} over %{text}<extra></extra>",
+        marker=dict(size=9, color=["#d62728" if r.poor else "#2ca02c" if r.known else "#bbbbbb" for r in ranks])))
+    fig.add_hline(y=POOR, line=dict(dash="dot", color="#d62728"), annotation_text=f"poor below {POOR}")
+    if data.grace:
+        fig.add_vline(x=data.grace, line=dict(dash="dash", color="#444"), annotation_text="grace period")
+    full = max((r.trials for r in ranks), default=0)
+    title = f"How each iteration's val mIoU ranks the final one ({full} trials ran to the end)"
+    if full < MIN_TRIALS:
+        fig.add_annotation(text=f"{full} trials ran to the end; a rank correlation needs at least {MIN_TRIALS}",
+                           showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis=dict(title="training iteration"),
+                      yaxis=dict(title="Spearman correlation with the final val mIoU", range=[-1.05, 1.05]))
     return fig
 
 
