@@ -1,0 +1,148 @@
+"""`semiseg-study ablate` on the small real study: the plans, the paired numbers, the cost, the resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ABLATE_ARGS
+
+from study.ablate import LEAVE_OUT, PAPER, WINNER, summarise, table_text
+from study.cli import main
+from study.ranking import ranked_trials
+from study.records import stored_config
+from study.report import load_study, render
+from study.store import ResultStore
+
+BANK, LR = "memory bank", "lr"  # the space's declared group, and its ungrouped param as a group of its own
+LABELS = {WINNER, PAPER, f"{WINNER} without {BANK}", f"{PAPER} with {BANK}", f"{WINNER} without {LR}",
+          f"{PAPER} with {LR}"}
+ITERATIONS = 12  # the small study's budget, which ablate runs by default
+TRAINED = 4  # distinct configs: winner, paper, paper + bank (= winner - lr), paper + lr (= winner - bank)
+
+
+def _rows(folder: Path) -> list[dict]:
+    return ResultStore(folder, "tiny").ablate().to_pylist()
+
+
+def test_ablate_runs_both_plans_on_the_same_seeds_and_prints_the_paired_contributions(ablated_study):
+    folder, printed = ablated_study
+    rows = _rows(folder)
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    assert len(by) == len(rows) == len(LABELS) * 2 and {r["variant"] for r in rows} == LABELS
+    assert {r["seed"] for r in rows} == {1000, 1001} and {r["iterations"] for r in rows} == {ITERATIONS}
+    best = ranked_trials(load_study(folder).trials)[0]
+    assert {r["winner"] for r in rows} == {best["trial_id"]}
+
+    # The configs: each group set back to the paper point's values, or alone on the paper point.
+    winner, paper = stored_config(best), {"bank_size": 16, "temperature": 0.1, "lr": 0.01}
+    without_bank = by[(f"{WINNER} without {BANK}", 1000)]
+    assert (without_bank["config.bank_size"], without_bank["config.temperature"]) == (16, 0.1)
+    assert without_bank["config.lr"] == winner.lr != paper["lr"]
+    with_bank = by[(f"{PAPER} with {BANK}", 1000)]
+    assert (with_bank["config.bank_size"], with_bank["config.lr"]) == (winner.bank_size, 0.01)
+    assert json.loads(with_bank["group_params"]) == ["bank_size", "temperature"]
+    assert by[(WINNER, 1001)]["config.seed"] == 1001
+
+    # With two groups the winner without one is the paper point with the other: trained once, both rows.
+    assert without_bank["run_id"] == by[(f"{PAPER} with {LR}", 1000)]["run_id"]
+    assert without_bank["test_miou"] == by[(f"{PAPER} with {LR}", 1000)]["test_miou"]
+    trained = [r for r in rows if not r["shared_run"]]
+    assert len(trained) == TRAINED * 2 and len({r["run_id"] for r in trained}) == TRAINED * 2
+
+    # The cost columns measure the run: 12 steps of 4 labeled + 4 unlabeled images each.
+    for r in rows:
+        assert r["seconds_per_iteration"] == pytest.approx(r["train_seconds"] / ITERATIONS)
+        assert r["images_per_second"] * r["train_seconds"] == pytest.approx(ITERATIONS * 8)
+        assert r["device_type"] == "cpu" and r["devices"] == 1.0
+
+    # Contributions are paired by seed; the printed table shows them.
+    summary = summarise(rows)
+    groups = {g["group"]: g for g in summary["groups"]}
+    assert list(groups) == [BANK, LR]
+    gains = [by[(WINNER, s)]["test_miou"] - by[(f"{WINNER} without {BANK}", s)]["test_miou"] for s in (1000, 1001)]
+    mean, std, won, count = groups[BANK]["leave_out"]
+    assert (mean, std, won, count) == (pytest.approx(statistics.fmean(gains)), pytest.approx(statistics.stdev(gains)),
+                                       sum(g > 0 for g in gains), 2)
+    alone = [by[(f"{PAPER} with {LR}", s)]["test_miou"] - by[(PAPER, s)]["test_miou"] for s in (1000, 1001)]
+    assert groups[LR]["add_in"][0] == pytest.approx(statistics.fmean(alone))
+    assert table_text(rows) in printed
+    assert f"| {BANK} | bank_size, temperature | {100 * mean:+.1f} ± {100 * std:.1f} ({won}/2 seeds)" in printed
+    against = {v["variant"]: v for v in summary["against_paper"]}
+    assert set(against) == LABELS - {PAPER}
+    paper_cost = statistics.fmean(by[(PAPER, s)]["seconds_per_iteration"] for s in (1000, 1001))
+    assert against[WINNER]["extra"] == pytest.approx(against[WINNER]["seconds_per_iteration"] / paper_cost - 1)
+    assert "gain per +100% compute" in printed and "ablate" in printed.splitlines()[-1]
+
+
+def test_the_report_shows_the_ablation(ablated_study):
+    folder, _ = ablated_study
+    data = load_study(folder)
+    page = render(data)
+    assert "Ablation: what each group" in page
+    for key in ("ablate-groups", "ablate-cost", "ablate-table"):
+        assert f'id="fig-{key}"' in page
+    from study.report.ablate import ablation_figures
+
+    bars, cost, _ = ablation_figures(data.ablate)
+    groups = {g["group"]: g for g in summarise(data.ablate)["groups"]}
+    leave_out = bars.data[0]
+    assert list(leave_out.y) == [BANK, LR]
+    assert list(leave_out.x) == pytest.approx([100 * groups[BANK]["leave_out"][0], 100 * groups[LR]["leave_out"][0]])
+    assert cost.data[0].y == (0.0,) and len(cost.data[1].x) == len(LABELS) - 1
+
+
+def test_ablate_refuses_bad_input_in_one_line(ablated_study, tmp_path, capsys):
+    folder, _ = ablated_study
+    for args, words in ((["ablate", "nosuch", "--dir", str(folder.parent)], "no study 'nosuch'"),
+                        (["ablate", "tiny", "--dir", str(folder.parent), "--seeds", "0"], "--seeds 0"),
+                        (["ablate", "tiny", "--dir", str(folder.parent), "--iterations", "0"], "--iterations 0"),
+                        (["ablate", "tiny", "--dir", str(folder.parent), "--rank", "99"], "choose 1 to")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+
+
+def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, small_study, tmp_path, capsys):
+    """Ctrl-C a real `semiseg-study ablate` (a second driver on the session's Ray) after two runs,
+    then run it again: the stored runs stay as they are and only the others train."""
+    root = tmp_path / "studies"
+    shutil.copytree(small_study, root / "tiny", ignore=shutil.ignore_patterns("ablate", "retrain"))
+    parts = root / "tiny" / "ablate"
+    address = ray_local.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "study", "ablate", "tiny", "--dir", str(root), *ABLATE_ARGS,
+                               "--address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(list(parts.glob("*.parquet"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and "interrupted" in err, err
+
+    before = {(r["run_id"], r["variant"]): r for r in _rows(root / "tiny")}
+    trained_before = {r["run_id"] for r in before.values() if not r["shared_run"]}
+    assert 2 <= len(trained_before) < TRAINED * 2, "the interrupt came too late to test a resume"
+    files_before = {p.name for p in parts.glob("*.parquet")}
+
+    assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert (f"{TRAINED * 2} distinct runs of {ITERATIONS} iterations: {TRAINED * 2 - len(trained_before)} to train "
+            f"({len(trained_before)} stored already)") in out
+
+    rows = _rows(root / "tiny")
+    after = {(r["run_id"], r["variant"]): r for r in rows}
+    assert len(after) == len(rows) == len(LABELS) * 2
+    assert all(after[key] == row for key, row in before.items())  # the stored rows untouched
+    assert files_before <= {p.name for p in parts.glob("*.parquet")}
+    trained = [r["run_id"] for r in rows if not r["shared_run"]]
+    assert len(trained) == len(set(trained)) == TRAINED * 2  # no run trained twice
+    assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0  # a third call trains nothing
+    assert "0 to train (8 stored already)" in capsys.readouterr().out and len(_rows(root / "tiny")) == len(rows)
+    assert LEAVE_OUT in {r["plan"] for r in rows}
