@@ -14,18 +14,67 @@ from pathlib import Path
 import pytest
 from conftest import ABLATE_ARGS
 
-from study.ablate import LEAVE_OUT, PAPER, WINNER, summarise, table_text
+from study.ablate import ADD_IN, LEAVE_OUT, PAPER, WINNER, make_plan, run_id, summarise, table_text
 from study.cli import main
 from study.ranking import ranked_trials
-from study.records import stored_config
+from study.records import config_columns, stored_config
 from study.report import load_study, render
+from study.spec import StudySpec, write_study_json
 from study.store import ResultStore
+from trainer.config import ConfigError
 
 BANK, LR = "memory bank", "lr"  # the space's declared group, and its ungrouped param as a group of its own
 LABELS = {WINNER, PAPER, f"{WINNER} without {BANK}", f"{PAPER} with {BANK}", f"{WINNER} without {LR}",
           f"{PAPER} with {LR}"}
 ITERATIONS = 12  # the small study's budget, which ablate runs by default
 TRAINED = 4  # distinct configs: winner, paper, paper + bank (= winner - lr), paper + lr (= winner - bank)
+
+
+def _default_study(tmp_path: Path, **winner: object) -> tuple[Path, StudySpec]:
+    """A study folder of the default space whose trials table holds the paper point and a winner
+    (no training: the plan is made from the stored rows alone)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    spec = StudySpec(name="d", space="default").validate()
+    write_study_json(folder, spec)
+    paper = spec.paper_config()
+    ResultStore(folder, "d").write_trials([
+        {"trial_id": "paper", "status": "finished", "best_val_miou": 0.4, "iterations": paper.iterations,
+         **config_columns(paper.to_dict())},
+        {"trial_id": "best", "status": "finished", "best_val_miou": 0.5, "iterations": paper.iterations,
+         **config_columns(paper.replace(seed=7, **winner).to_dict())}])
+    return folder, spec
+
+
+def test_the_plan_of_the_default_space_takes_the_methods_five_groups(tmp_path):
+    folder, spec = _default_study(tmp_path, bank_size=1041, contrastive_loss="infonce", temperature=0.2,
+                                  contrastive_weight_labeled=0.9, class_balance="batch", lr=0.005)
+    plan = make_plan(folder, spec)
+    paper, variants = spec.paper_config(), {v.label: v for v in plan.variants}
+    assert plan.winner == "best" and list(plan.groups) == list(spec.search_space.groups)
+    assert len(variants) == 2 + 2 * 5
+    winner = variants[WINNER].config
+    without_bank = variants[f"{WINNER} without memory bank and contrastive loss"].config
+    assert (without_bank.bank_size, without_bank.contrastive_loss, without_bank.temperature,
+            without_bank.contrastive_weight_labeled) == (256, "paper", paper.temperature, 0.1)
+    assert (without_bank.class_balance, without_bank.lr) == ("batch", 0.005)  # the other groups stay the winner's
+    rate_alone = variants[f"{PAPER} with learning rate"]
+    assert rate_alone.plan == ADD_IN and rate_alone.params == ("lr",)
+    assert rate_alone.config == paper.replace(lr=0.005)
+    # The winner kept the paper's entropy weight: leaving it out is the winner's own run.
+    entropy_out = variants[f"{WINNER} without entropy"]
+    assert entropy_out.plan == LEAVE_OUT and run_id(entropy_out.config) == run_id(winner)
+    assert run_id(variants[f"{PAPER} with entropy"].config) == run_id(paper)
+    assert run_id(winner.replace(seed=1000)) != run_id(winner.replace(seed=1001))
+
+
+def test_a_param_outside_every_group_is_a_group_of_its_own_and_the_paper_point_is_refused(tmp_path):
+    folder, spec = _default_study(tmp_path, lr=0.005, proj_dim=32)  # proj_dim: not searched, yet it differs
+    plan = make_plan(folder, spec, iterations=50)
+    assert plan.groups["proj_dim"] == ("proj_dim",) and len(plan.variants) == 2 + 2 * 6
+    assert {v.config.iterations for v in plan.variants} == {50}
+    with pytest.raises(ConfigError, match="trial paper .rank 2. ran the paper point's config: nothing to ablate"):
+        make_plan(folder, spec, rank=2)
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -130,6 +179,9 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     trained_before = {r["run_id"] for r in before.values() if not r["shared_run"]}
     assert 2 <= len(trained_before) < TRAINED * 2, "the interrupt came too late to test a resume"
     files_before = {p.name for p in parts.glob("*.parquet")}
+    from study.report.ablate import ablation_figures
+
+    assert len(ablation_figures(list(before.values()))) == 3  # the report draws a half-done ablation
 
     assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0
     out = capsys.readouterr().out
