@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from trainer.config import ConfigError, TrainConfig
 WINNER, PAPER = "winner", "paper point"
 REFERENCE, LEAVE_OUT, ADD_IN = "reference", "leave out", "add in"
 MEASURED = ("test_miou", "val_miou", "test_iou", "train_seconds", "seconds_per_iteration", "images_per_second",
-            "devices", "device_type", "node")  # what a run's result brings to its row
+            "devices", "device_type", "node", "diverged")  # what a run's result brings to its row
 SAME_COST = 0.05  # a difference in seconds per iteration below 5% is within the timing noise of a shared machine
 
 
@@ -169,23 +170,35 @@ def latest_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Measured:
-    """One variant over its seeds."""
+    """One variant over its seeds; a seed on which it diverged has no score to pair."""
 
     label: str
-    test: dict[int, float]          # seed -> test mIoU
-    seconds_per_iteration: float    # means over seeds
+    test: dict[int, float]          # seed -> test mIoU, the seeds it trained to the end
+    seconds_per_iteration: float    # means over the seeds with a cost (NaN: none)
     images_per_second: float
     runs: set[str]                  # run ids, to tell a variant that is another's run
+    diverged: list[int]             # seeds on which it diverged
+
+
+def _mean(values: list[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else math.nan
 
 
 def _measured(rows: list[dict[str, Any]]) -> dict[str, Measured]:
     by: dict[str, list[dict[str, Any]]] = {}
     for row in sorted(rows, key=lambda r: (r["position"], r["seed"])):
         by.setdefault(row["variant"], []).append(row)
-    return {label: Measured(label, {r["seed"]: r["test_miou"] for r in runs},
-                            statistics.fmean(r["seconds_per_iteration"] for r in runs),
-                            statistics.fmean(r["images_per_second"] for r in runs), {r["run_id"] for r in runs})
+    return {label: Measured(label, {r["seed"]: r["test_miou"] for r in runs if not r["diverged"]},
+                            _mean([r["seconds_per_iteration"] for r in runs]),
+                            _mean([r["images_per_second"] for r in runs]), {r["run_id"] for r in runs},
+                            [r["seed"] for r in runs if r["diverged"]])
             for label, runs in by.items()}
+
+
+def _scores(measured: Measured) -> tuple[float, float]:
+    """Mean and std of test mIoU over the seeds it trained to the end (NaN if it diverged on all)."""
+    return mean_std(list(measured.test.values())) if measured.test else (math.nan, math.nan)
 
 
 def extra_compute(cost: float, reference: float) -> float:
@@ -196,7 +209,7 @@ def extra_compute(cost: float, reference: float) -> float:
 def gain_per_compute(gain: float, extra: float) -> float | None:
     """Gain (test mIoU, 0 to 1) per 100% more compute; None where the cost is the same within the noise
     or lower (a gain then costs nothing, and a ratio would mislead)."""
-    return gain / extra if extra > SAME_COST else None
+    return gain / extra if extra > SAME_COST else None  # NaN extra (no cost known) is not > either
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,7 +238,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         gain = paired(m.test, paper.test)
         extra = extra_compute(m.seconds_per_iteration, paper.seconds_per_iteration)
-        against.append({"variant": label, "test": mean_std(list(m.test.values())), "gain": gain,
+        against.append({"variant": label, "measured": m, "test": _scores(m), "gain": gain,
                         "seconds_per_iteration": m.seconds_per_iteration, "images_per_second": m.images_per_second,
                         "extra": extra, "gain_per_compute": gain_per_compute(gain[0], extra) if gain else None})
     return {"winner": rows[0]["winner"] if rows else None, "iterations": rows[0]["iterations"] if rows else None,
@@ -240,6 +253,12 @@ def cost_text(pair: tuple[Measured, Measured] | None) -> str:
     with_, without = pair
     return (f"{with_.seconds_per_iteration:.3f} vs {without.seconds_per_iteration:.3f} s/it, "
             f"{with_.images_per_second:.0f} vs {without.images_per_second:.0f} img/s")
+
+
+def diverged_text(measured: tuple[Measured, ...] | None) -> str:
+    """A note of the seeds on which a run of the pair diverged (they are left out of the pairing)."""
+    notes = [f"{m.label} diverged on seed {', '.join(map(str, m.diverged))}" for m in measured or () if m.diverged]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def compute_text(extra: float, per_compute: float | None) -> tuple[str, str]:
@@ -258,17 +277,19 @@ def table_text(rows: list[dict[str, Any]]) -> str:
              "| added to the paper point: with minus paper | cost with vs without |", "|---|---|---|---|---|---|"]
     for g in summary["groups"]:
         note = " (the winner has the paper's values)" if g["unchanged"] else ""
-        lines.append(f"| {g['group']} | {', '.join(g['params'])} | {gain_text(g['leave_out'])}{note} "
-                     f"| {cost_text(g['leave_out_cost'])} | {gain_text(g['add_in'])} | {cost_text(g['add_in_cost'])} |")
+        lines.append(f"| {g['group']} | {', '.join(g['params'])} | {gain_text(g['leave_out'])}{note}"
+                     f"{diverged_text(g['leave_out_cost'])} | {cost_text(g['leave_out_cost'])} "
+                     f"| {gain_text(g['add_in'])}{diverged_text(g['add_in_cost'])} | {cost_text(g['add_in_cost'])} |")
     lines += ["", "| variant | test mIoU | gain over paper point | s/it | img/s | extra compute "
                   "| gain per +100% compute |", "|---|---|---|---|---|---|---|"]
     paper = summary["paper"]
     if paper is not None:
-        mean, std = mean_std(list(paper.test.values()))
-        lines.append(f"| {PAPER} | {mean_std_text(mean, std)} | - | {paper.seconds_per_iteration:.3f} "
-                     f"| {paper.images_per_second:.0f} | - | - |")
+        mean, std = _scores(paper)
+        lines.append(f"| {PAPER} | {mean_std_text(mean, std)}{diverged_text((paper,))} | - "
+                     f"| {paper.seconds_per_iteration:.3f} | {paper.images_per_second:.0f} | - | - |")
     for v in summary["against_paper"]:
         share, per = compute_text(v["extra"], v["gain_per_compute"])
-        lines.append(f"| {v['variant']} | {mean_std_text(*v['test'])} | {gain_text(v['gain'])} "
+        lines.append(f"| {v['variant']} | {mean_std_text(*v['test'])}{diverged_text((v['measured'],))} "
+                     f"| {gain_text(v['gain'])} "
                      f"| {v['seconds_per_iteration']:.3f} | {v['images_per_second']:.0f} | {share} | {per} |")
     return "\n".join(lines)

@@ -197,6 +197,8 @@ ABLATE = Table("ablate", ("run_id", "variant"), (
     Column("devices", pa.float64(), "as in reports"),
     Column("device_type", pa.string(), "as in reports"),
     Column("node", pa.string(), "Ray node of the run"),
+    Column("diverged", pa.string(), "why the run stopped (loss NaN or inf at iteration K), with NaN scores; "
+                                    "null for a run that trained to the end"),
     Column("shared_run", pa.bool_(), "true: the same config as another variant's run, whose numbers it repeats "
                                      "(trained once)"),
     Column("timestamp", _TIMESTAMP, "when the driver stored it"),

@@ -74,6 +74,8 @@ def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None =
             f"({len(chosen) * seeds - len(jobs)} stored already)")
 
     def stored(candidate: Candidate, cfg: TrainConfig, result: dict[str, Any]) -> None:
+        if result["diverged"]:  # a candidate that cannot be trained on a seed has no paired score: say so
+            raise RuntimeError(f"{candidate.label} diverged on seed {cfg.seed}: {result['diverged']}")
         store.append_retrain([{
             "candidate": candidate.label, "source": candidate.source, "rank": candidate.rank, "seed": cfg.seed,
             "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc),

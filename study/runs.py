@@ -8,6 +8,7 @@ run that ended and a second call trains only the rest (the callers skip stored r
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence, TypeVar
 
 from study.spec import StudySpec
@@ -26,25 +27,39 @@ def fresh_seeds(count: int) -> list[int]:
 
 
 def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
-    """One run (in a Ray worker): train at its budget, score on test and val, and say what it cost."""
+    """One run (in a Ray worker): train at its budget, score on test and val, and say what it cost.
+
+    A run whose loss turns NaN or inf comes back with ``diverged`` (the reason) and NaN scores
+    instead of raising: the same config and seed would diverge again, so the caller records it
+    (or refuses it) rather than retrying it forever.
+    """
     from study.trial import placement
-    from trainer.fit import fit
+    from trainer.fit import DivergedError, fit
 
     cfg = TrainConfig.from_dict(config)
-    seen = {"images": 0.0, "seconds": 0.0, "placement": {}}
+    seen: dict[str, Any] = {"images": 0.0, "seconds": 0.0, "iteration": 0, "placement": {}}
 
     def count(evaluation: Any, trainer: Any) -> None:
         # Each evaluation's throughput covers the training since the previous one: summed, the run's images.
         seen["images"] += evaluation.images_per_second * (evaluation.train_seconds - seen["seconds"])
-        seen["seconds"] = evaluation.train_seconds
+        seen.update(seconds=evaluation.train_seconds, iteration=evaluation.iteration, placement=placement(trainer))
+
+    def diverged(err: Exception, trainer: Any) -> None:
         seen["placement"] = placement(trainer)
 
-    result = fit(cfg, on_evaluation=count, final_test=True)
+    try:
+        result = fit(cfg, on_evaluation=count, on_diverged=diverged, final_test=True)
+        scores = {"test_miou": result.test_miou, "test_iou": result.test_iou, "val_miou": result.val_miou,
+                  "diverged": None}
+        seen.update(seconds=result.train_seconds, iteration=result.iteration)
+    except DivergedError as err:
+        scores = {"test_miou": math.nan, "test_iou": None, "val_miou": math.nan, "diverged": str(err)}
     where = seen["placement"]
-    return {"test_miou": result.test_miou, "test_iou": result.test_iou, "val_miou": result.val_miou,
-            "train_seconds": result.train_seconds,
-            "seconds_per_iteration": result.train_seconds / max(result.iteration, 1),
-            "images_per_second": seen["images"] / max(result.train_seconds, 1e-9),
+    # The cost of what it trained up to its last evaluation (none before a divergence: unknown).
+    timed = seen["iteration"] > 0 and seen["seconds"] > 0
+    return {**scores, "train_seconds": seen["seconds"] if timed else None,
+            "seconds_per_iteration": seen["seconds"] / seen["iteration"] if timed else None,
+            "images_per_second": seen["images"] / seen["seconds"] if timed else None,
             "devices": where.get("devices"), "device_type": where.get("device_type"), "node": where.get("node")}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import statistics
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ABLATE_ARGS
+from conftest import ABLATE_ARGS, REPORT_SPACE, REPORT_TINY
 
 from study.ablate import ADD_IN, LEAVE_OUT, PAPER, WINNER, make_plan, run_id, summarise, table_text
 from study.cli import main
@@ -198,3 +199,40 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0  # a third call trains nothing
     assert "0 to train (8 stored already)" in capsys.readouterr().out and len(_rows(root / "tiny")) == len(rows)
     assert LEAVE_OUT in {r["plan"] for r in rows}
+
+
+def test_a_variant_that_diverges_is_stored_with_its_reason_and_not_trained_again(ray_local, tmp_path, capsys):
+    """A winner whose loss turns NaN (the trainer's fault switch, a field the space does not search)
+    on a tiny study: the ablation ends, says which runs diverged, and a rerun trains none of them again."""
+    space = tmp_path / "space.yaml"
+    space.write_text(REPORT_SPACE)
+    spec = StudySpec(name="div", space=str(space), max_iters=6, grace=3, reduction=2.0, fixed=dict(REPORT_TINY))
+    folder = tmp_path / "div"
+    folder.mkdir()
+    write_study_json(folder, spec.validate())
+    paper = spec.paper_config()
+    ResultStore(folder, "div").write_trials([
+        {"trial_id": "paper", "status": "finished", "best_val_miou": 0.4, **config_columns(paper.to_dict())},
+        {"trial_id": "best", "status": "finished", "best_val_miou": 0.5,
+         **config_columns(paper.replace(lr=0.05, fault_nan_at=3).to_dict())}])
+
+    assert main(["ablate", "div", "--dir", str(tmp_path), "--seeds", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    # Groups: memory bank (left at the paper's values), lr and fault_nan_at (each a group of its own);
+    # four distinct runs: winner, paper point, paper + lr, paper + fault (the last and the winner diverge).
+    assert "3 groups: 8 variants x 1 seeds, 4 distinct runs of 6 iterations: 4 to train" in out
+    rows = {r["variant"]: r for r in _rows(folder)}
+    assert len(rows) == 8
+    winner, fault_alone = rows[WINNER], rows[f"{PAPER} with fault_nan_at"]
+    for row in (winner, fault_alone):
+        assert row["diverged"].startswith("loss is nan at iteration 3") and math.isnan(row["test_miou"])
+        assert row["seconds_per_iteration"] > 0  # the cost of the 3 iterations up to its evaluation
+    assert rows[PAPER]["diverged"] is None and rows[f"{PAPER} with lr"]["diverged"] is None
+    assert rows[f"{WINNER} without memory bank"]["run_id"] == winner["run_id"]
+    assert "winner diverged on seed 1000" in out and "(the winner has the paper's values)" in out
+    groups = {g["group"]: g for g in summarise(list(rows.values()))["groups"]}
+    assert groups["fault_nan_at"]["leave_out"] is None  # nothing to pair: the winner has no score
+    assert groups["lr"]["add_in"] is not None
+
+    assert main(["ablate", "div", "--dir", str(tmp_path), "--seeds", "1", "--quiet"]) == 0
+    assert "0 to train (4 stored already)" in capsys.readouterr().out
