@@ -21,6 +21,20 @@ _CONTRASTIVE_KEYS = ("bank_size", "contrastive_loss", "contrastive_weight_labele
 _SELF_TRAINING_KEYS = ("pseudo_label_weight", "class_balance", "entropy_weight", "pseudo_label_power",
                        "ema_momentum")
 
+# The parts of the method, as `semiseg-study ablate` resets or adds them: the memory bank and the
+# loss it feeds (the temperature only exists for InfoNCE, so it goes with the loss's kind), the
+# self-training signal (how much pseudo-labels weigh, how sharply confidence counts, how slowly
+# the teacher that makes them moves), class balancing, the entropy term and the learning rate.
+MEMORY_BANK = "memory bank and contrastive loss"
+_CONTRASTIVE_GROUPS = {MEMORY_BANK: (*_CONTRASTIVE_KEYS, "temperature")}
+_DEFAULT_GROUPS = {
+    **_CONTRASTIVE_GROUPS,
+    "pseudo-labels and teacher": ("pseudo_label_weight", "pseudo_label_power", "ema_momentum"),
+    "class balancing": ("class_balance",),
+    "entropy": ("entropy_weight",),
+    "learning rate": ("lr",),
+}
+
 
 def _paper_values(keys: tuple[str, ...]) -> dict[str, Any]:
     paper = TrainConfig()
@@ -74,6 +88,7 @@ BUILTIN: dict[str, SearchSpace] = {
         suggest=_suggest_default,
         paper_point={**_paper_values(_CONTRASTIVE_KEYS + _SELF_TRAINING_KEYS), "lr": preset("digits").lr},
         fixed={},
+        groups=_DEFAULT_GROUPS,
     ),
     "contrastive": SearchSpace(
         name="contrastive",
@@ -81,5 +96,6 @@ BUILTIN: dict[str, SearchSpace] = {
         suggest=_suggest_contrastive,
         paper_point=_paper_values(_CONTRASTIVE_KEYS),
         fixed={},
+        groups=_CONTRASTIVE_GROUPS,
     ),
 }

@@ -15,6 +15,9 @@ A file declares the params to search; every name is a TrainConfig field::
       lr: {type: float, low: 0.001, high: 0.1, log: true}
       contrastive_loss: {type: categorical, choices: [paper, infonce]}
       temperature: {type: float, low: 0.03, high: 1.0, log: true, when: {contrastive_loss: infonce}}
+    groups:                   # optional: the parts of the method, for `semiseg-study ablate`
+      memory bank: [bank_size, contrastive_loss, temperature]
+      learning rate: [lr]
 
 The same in TOML::
 
@@ -30,6 +33,9 @@ The same in TOML::
     lr = {type = "float", low = 0.001, high = 0.1, log = true}
     contrastive_loss = {type = "categorical", choices = ["paper", "infonce"]}
     temperature = {type = "float", low = 0.03, high = 1.0, log = true, when = {contrastive_loss = "infonce"}}
+    [groups]
+    "memory bank" = ["bank_size", "contrastive_loss", "temperature"]
+    "learning rate" = ["lr"]
 
 Param types:
 
@@ -46,6 +52,10 @@ are sampled in file order, so ``when`` may only refer to params declared above.
 branch and nothing else (fixed values go in ``fixed``). YAML is read with YAML 1.2
 scalars: only true/false are booleans, so ``off``, ``on``, ``yes`` and ``no`` stay
 strings (``class_balance: off``), and ``1e-3`` is a number.
+
+``groups`` maps a group name to a list of params of the file, each param in one group at
+most. ``ablate`` resets (or adds) one group at a time; a param in no group is a group of its
+own there.
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ except ModuleNotFoundError:  # Python 3.10
         tomllib = None  # type: ignore[assignment]
 
 SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("name", "description", "fixed", "paper_point", "params")
+TOP_KEYS = ("name", "description", "fixed", "paper_point", "params", "groups")
 _NUMERIC_KEYS = ("type", "low", "high", "log", "step", "when")
 SPEC_KEYS = {"int": _NUMERIC_KEYS, "float": _NUMERIC_KEYS, "categorical": ("type", "choices", "when")}
 
@@ -132,8 +142,9 @@ def load_space_file(path: str | Path) -> SearchSpace:
     params: dict[str, _Param] = {}
     for param_name, spec in specs.items():
         params[param_name] = _parse_param(path, str(param_name), spec, params, list(specs))
+    groups = _parse_groups(path, _mapping(path, data, "groups"), list(params))
     space = SearchSpace(name=name, description=description, suggest=FileSuggest(tuple(params.values())),
-                        paper_point=paper_point, fixed=fixed)
+                        paper_point=paper_point, fixed=fixed, groups=groups)
     try:
         space.check_keys()
     except ConfigError as err:
@@ -218,6 +229,23 @@ def _mapping(path: Path, data: dict, key: str) -> dict:
 
 
 # --- params ------------------------------------------------------------------------------
+
+def _parse_groups(path: Path, groups: dict, declared: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each group a list of this file's params (SearchSpace.check_groups refuses overlaps)."""
+    parsed: dict[str, tuple[str, ...]] = {}
+    for group, members in groups.items():
+        if isinstance(members, str):
+            members = [members]  # `learning rate: lr` means the one-param list
+        if not isinstance(members, list) or not members:
+            _fail(path, f"group {group!r}: expected a non-empty list of params, e.g. [bank_size, temperature], "
+                        f"not {members!r}")
+        for member in members:
+            if member not in declared:
+                _fail(path, f"group {group!r}: {member!r} is not a param of this file"
+                            f"{did_you_mean(str(member), declared)} (params: {', '.join(declared) or 'none'})")
+        parsed[str(group)] = tuple(members)
+    return parsed
+
 
 def _parse_param(path: Path, name: str, spec: Any, earlier: dict[str, _Param], declared: list[str]) -> _Param:
     def fail(message: str) -> NoReturn:

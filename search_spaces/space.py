@@ -7,6 +7,11 @@ and no trial is spent varying a value the run ignores.
 A space knows nothing of Ray or of the study: it maps an Optuna trial to
 TrainConfig overrides. ``check_keys`` catches a typo or an out-of-range value
 when the space is loaded, not hours later inside a worker.
+
+``groups`` names the parts of the method that the searched params belong to (the memory
+bank and its loss, the pseudo-labels and the teacher, ...): ``semiseg-study ablate`` resets
+or adds one group at a time, so a group is what "this part is worth N points" is said of.
+The space declares them because only it knows which of its params act together.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class SearchSpace:
     ``paper_point`` gives the paper's value of every param the space searches, so the
     study can evaluate it first as the reference point; ``{}`` means no such point.
     ``fixed`` holds overrides applied to every trial (e.g. a shorter budget).
+    ``groups`` maps a part of the method to the searched params (TrainConfig keys) it
+    consists of; a param is in one group at most, and a searched param in none is a group
+    of its own when the study is ablated.
     A trial's config is ``config(suggest(trial), base)``.
     """
 
@@ -42,6 +50,7 @@ class SearchSpace:
     suggest: Callable[[optuna.trial.Trial], dict[str, Any]]
     paper_point: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def check_keys(self, base: Mapping[str, Any] | None = None, *, samples: int = CHECK_SAMPLES) -> None:
         """Raise ConfigError unless every config the space can produce is a valid TrainConfig.
@@ -51,18 +60,44 @@ class SearchSpace:
         ``suggest`` to prove it names exactly the searched params, inside their ranges.
         ``base`` holds overrides the caller applies between ``fixed`` and the sample
         (a study's budget, --set values), so the check sees the configs trials will run:
-        ``TrainConfig.from_dict({**fixed, **base, **sample})``.
+        ``TrainConfig.from_dict({**fixed, **base, **sample})``. Each group must name
+        params the space samples (on some branch), none twice.
         """
         base = dict(base or {})
         self._check_keys_of("fixed", self.fixed)
         self._check_keys_of("base", base)
         self._check_config("fixed" if not base else "fixed and base", base, {})
+        searched: set[str] = set(self.paper_point)
         with quiet_optuna():
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
             for _ in range(samples):
-                self._check_config("sampled trial", base, self._run(study.ask(), "sampled trial"))
+                values = self._run(study.ask(), "sampled trial")
+                self._check_config("sampled trial", base, values)
+                searched.update(values)
         if self.paper_point:
             self.check_point(self.paper_point, base)
+        self.check_groups(searched)
+
+    def check_groups(self, searched: set[str]) -> None:
+        """Raise ConfigError unless each group is a non-empty list of distinct ``searched`` keys,
+        and no key is in two groups (a reset of one group would then change another)."""
+        owner: dict[str, str] = {}
+        for group, members in self.groups.items():
+            if not isinstance(group, str) or not group.strip():
+                raise self._error(f"groups: a group name must be a non-empty string, not {group!r}")
+            if isinstance(members, str) or not isinstance(members, (list, tuple)) or not members:
+                raise self._error(f"group {group!r} must list the params it holds, e.g. [bank_size, temperature], "
+                                  f"not {members!r}")
+            for member in members:
+                if member not in searched:
+                    raise self._error(f"group {group!r} names {member!r}, which the space does not search"
+                                      f"{did_you_mean(str(member), searched)} (searched: "
+                                      f"{', '.join(sorted(searched)) or 'nothing'})")
+                if member in owner:
+                    where = (f"twice in group {group!r}" if owner[member] == group
+                             else f"in two groups, {owner[member]!r} and {group!r}")
+                    raise self._error(f"{member!r} is {where}: put each param in one group, once")
+                owner[member] = group
 
     def config(self, sample: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> TrainConfig:
         """The TrainConfig of one trial: the dataset preset, ``fixed``, the caller's ``base``, the sample."""

@@ -147,6 +147,22 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(handler=_simulate)
 
+    ablate = commands.add_parser("ablate", help="what each group of the winner's params is worth and costs: "
+                                                "leave one out, add one in, on fresh seeds, scored on test",
+                                 description="From the study's best trial: each group of the space's params set back "
+                                             "to the paper point (leave one out) and set alone on the paper point "
+                                             "(add one in), with the winner and the paper point, on the same seeds. "
+                                             "Runs on Ray with the study's resources per trial; results go to "
+                                             "DIR/NAME/ablate/ (Parquet); a second call resumes.")
+    ablate.add_argument("name")
+    ablate.add_argument("--dir", type=Path, default=Path("studies"))
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (the same seeds for all)")
+    ablate.add_argument("--iterations", type=int, help="training iterations (default: the study's full budget)")
+    ablate.add_argument("--rank", type=int, default=1, help="the trial to ablate (1 = the best)")
+    ablate.add_argument("--address", help="Ray cluster address (default: the study's, else a local Ray)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bar")
+    ablate.set_defaults(handler=_ablate)
+
     export = commands.add_parser("export", help="a trial's config as a TrainConfig JSON for `train --config`")
     export.add_argument("name")
     export.add_argument("--dir", type=Path, default=Path("studies"))
@@ -218,6 +234,17 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"a new config replays its nearest curve: final val error {100 * near['mae']:.1f} mIoU "
           f"(the mean of the others: {100 * near['mae_of_mean']:.1f})")
     print(format_summaries(result.summaries, result.target))
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from study.ablate import ablate, table_text
+
+    folder = _study_folder(args.dir, args.name)
+    rows = ablate(folder, seeds=args.seeds, iterations=args.iterations, rank=args.rank, address=args.address,
+                  progress=not args.quiet)
+    print(table_text(rows))
+    print(f"results: {folder / 'ablate'} (the report shows them: `semiseg-study report {args.name}`)")
     return 0
 
 

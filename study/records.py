@@ -1,10 +1,11 @@
 """The records of a study: what one row of each of its Parquet tables holds, defined once.
 
-Three tables, each a folder of Parquet parts (``study/store.py`` writes and reads them):
+Four tables, each a folder of Parquet parts (``study/store.py`` writes and reads them):
 
 * ``results/reports/``: one row per trial and evaluation, appended as the driver receives them;
 * ``results/trials/``: one row per trial, rewritten as a whole;
-* ``retrain/``: one row per retrain run (candidate, seed, iterations).
+* ``retrain/``: one row per retrain run (candidate, seed, iterations);
+* ``ablate/``: one row per ablation variant and seed (``study/ablate.py``).
 
 Every part carries ``SCHEMA_VERSION`` as the int16 column ``schema_version`` and as the Parquet
 file metadata key ``semiseg_schema_version``. After the fixed columns come the run's config as
@@ -171,7 +172,39 @@ RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (
     Column("timestamp", _TIMESTAMP, "when the driver stored it"),
 ))
 
-TABLES = {t.name: t for t in (REPORTS, TRIALS, RETRAIN)}
+# An ablation plan is a list of variants (the winner, the paper point, each group left out of the
+# winner, each group added to the paper point), each run on the same seeds. Two variants can be
+# the same config (with two groups, the winner without one is the paper point with the other):
+# that run trains once, and each variant gets a row, the second marked shared_run.
+ABLATE = Table("ablate", ("run_id", "variant"), (
+    *_WRITTEN_BY,
+    Column("run_id", pa.string(), "hash of the run's whole config, seed and iterations included: which run it is"),
+    Column("variant", pa.string(), "'winner', 'paper point', 'winner without GROUP' or 'paper point with GROUP'"),
+    Column("plan", pa.string(), "'reference' (winner, paper point), 'leave out' or 'add in'"),
+    Column("group", pa.string(), "the group left out or added (null for the references)"),
+    Column("group_params", pa.string(), "JSON list of the group's params (null for the references)"),
+    Column("position", pa.int64(), "the variant's place in the plan: 0 winner, 1 paper point, then per group "
+                                   "its leave-out and its add-in"),
+    Column("winner", pa.string(), "trial id of the study's trial the plan starts from"),
+    Column("seed", pa.int64(), "seed of the run"),
+    Column("iterations", pa.int64(), "training iterations of the run"),
+    Column("test_miou", pa.float64(), "mean IoU on the test split, 0 to 1"),
+    Column("val_miou", pa.float64(), "mean IoU on the val split, 0 to 1"),
+    Column("test_iou", pa.list_(pa.float64()), "IoU per class on the test split"),
+    Column("train_seconds", pa.float64(), "training time, evaluations excluded"),
+    Column("seconds_per_iteration", pa.float64(), "train_seconds / iterations: the cost of one step"),
+    Column("images_per_second", pa.float64(), "images trained on (labeled + unlabeled) per training second"),
+    Column("devices", pa.float64(), "as in reports"),
+    Column("device_type", pa.string(), "as in reports"),
+    Column("node", pa.string(), "Ray node of the run"),
+    Column("diverged", pa.string(), "why the run stopped (loss NaN or inf at iteration K), with NaN scores; "
+                                    "null for a run that trained to the end"),
+    Column("shared_run", pa.bool_(), "true: the same config as another variant's run, whose numbers it repeats "
+                                     "(trained once)"),
+    Column("timestamp", _TIMESTAMP, "when the driver stored it"),
+))
+
+TABLES = {t.name: t for t in (REPORTS, TRIALS, RETRAIN, ABLATE)}
 
 __doc__ += "".join(f"\n{t.name}, one row per {', '.join(t.key)}:\n\n{t.describe()}\n" for t in TABLES.values())
 

@@ -21,13 +21,14 @@ from typing import Any, Callable
 
 from study.ranking import ranked_study
 from study.records import config_columns, stored_config
+from study.runs import fresh_seeds, run_on_ray
 from study.spec import StudySpec, read_study_json
 from study.store import ResultStore
 from trainer.config import ConfigError, TrainConfig
 from trainer.presets import SUPERVISED_ONLY
 
 PAPER, SUPERVISED = "paper point", "supervised only"
-FIRST_SEED = 1000  # retrain seeds start here: far from the seeds a search config carries
+RETRAIN_MEASURED = ("test_miou", "test_iou", "val_miou", "train_seconds", "node")  # of a run's result
 
 
 @dataclass(frozen=True)
@@ -57,78 +58,47 @@ def candidates(folder: Path, top: int, iterations: int | None = None,
     return chosen
 
 
-def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
-    """One retrain run (in a Ray worker): train at the full budget, score on test and val."""
-    import ray
-
-    from trainer.fit import fit
-
-    result = fit(TrainConfig.from_dict(config), final_test=True)
-    return {"test_miou": result.test_miou, "test_iou": result.test_iou, "val_miou": result.val_miou,
-            "train_seconds": result.train_seconds, "node": ray.util.get_node_ip_address()}
-
-
 def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None = None,
             progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run every (candidate, seed) not stored yet on Ray; return all stored rows of this plan."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: give at least one seed (paired gains need 2 or more)")
+    seed_list = fresh_seeds(seeds)
     folder = Path(folder)
     spec = read_study_json(folder)
     chosen = candidates(folder, top, iterations, spec)
     store = ResultStore(folder, spec.name)
     done = {(r["candidate"], r["seed"], r["iterations"]) for r in store.retrain().to_pylist()}
-    jobs = [(c, FIRST_SEED + i) for c in chosen for i in range(seeds)
-            if (c.label, FIRST_SEED + i, c.config.iterations) not in done]
+    jobs = [(c, c.config.replace(seed=seed)) for c in chosen for seed in seed_list
+            if (c.label, seed, c.config.iterations) not in done]
     if jobs:
         say(f"retraining {len(chosen)} configs x {seeds} seeds: {len(jobs)} runs to do "
             f"({len(chosen) * seeds - len(jobs)} stored already)")
-        _run_on_ray(spec, store, jobs, progress)
-    wanted = {(c.label, FIRST_SEED + i, c.config.iterations) for c in chosen for i in range(seeds)}
+
+    def stored(candidate: Candidate, cfg: TrainConfig, result: dict[str, Any]) -> None:
+        if result["diverged"]:  # a candidate that cannot be trained on a seed has no paired score: say so
+            raise RuntimeError(f"{candidate.label} diverged on seed {cfg.seed}: {result['diverged']}")
+        store.append_retrain([{
+            "candidate": candidate.label, "source": candidate.source, "rank": candidate.rank, "seed": cfg.seed,
+            "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc),
+            **{key: result[key] for key in RETRAIN_MEASURED}, **config_columns(cfg.to_dict())}])
+
+    run_on_ray(spec, jobs, stored, progress, desc="retrain")
+    wanted = {(c.label, seed, c.config.iterations) for c in chosen for seed in seed_list}
     return [r for r in store.retrain().to_pylist() if (r["candidate"], r["seed"], r["iterations"]) in wanted]
-
-
-def _run_on_ray(spec: StudySpec, store: ResultStore, jobs: list[tuple[Candidate, int]], progress: bool) -> None:
-    import ray
-    from tqdm import tqdm
-
-    from study.run import _ensure_pretrained, check_fits, connect
-
-    owns_ray = connect(spec.address)
-    try:
-        check_fits(spec)
-        _ensure_pretrained(jobs[0][0].config)
-        task = ray.remote(train_and_test).options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
-                                                  max_retries=1)
-        pending = {task.remote(c.config.replace(seed=seed).to_dict()): (c, seed) for c, seed in jobs}
-        with tqdm(total=len(pending), desc="retrain", unit="run", disable=not progress, dynamic_ncols=True) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                candidate, seed = pending.pop(ready[0])
-                result = ray.get(ready[0])
-                cfg = candidate.config.replace(seed=seed)
-                store.append_retrain([{
-                    "candidate": candidate.label, "source": candidate.source, "rank": candidate.rank, "seed": seed,
-                    "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc), **result,
-                    **config_columns(cfg.to_dict())}])
-                bar.update()
-    finally:
-        if owns_ray:
-            ray.shutdown()
 
 
 # --- the table ---------------------------------------------------------------------------------
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def _paired(rows: dict[int, float], reference: dict[int, float]) -> tuple[float, float, int, int] | None:
+def paired(rows: dict[int, float], reference: dict[int, float]) -> tuple[float, float, int, int] | None:
+    """Per seed both have, rows minus reference: (mean, std, seeds won, seeds); None without a shared seed."""
     seeds = sorted(set(rows) & set(reference))
     if not seeds:
         return None
     gains = [rows[s] - reference[s] for s in seeds]
-    mean, std = _mean_std(gains)
+    mean, std = mean_std(gains)
     return mean, std, sum(g > 0 for g in gains), len(gains)
 
 
@@ -141,11 +111,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         meta.setdefault(row["candidate"], row)
     table = []
     for label, scores in by_candidate.items():
-        mean, std = _mean_std(list(scores.values()))
+        mean, std = mean_std(list(scores.values()))
         table.append({"candidate": label, "source": meta[label]["source"], "seeds": len(scores),
                       "test_miou": mean, "test_std": std,
-                      "gain_paper": _paired(scores, by_candidate.get(PAPER, {})) if label != PAPER else None,
-                      "gain_supervised": (_paired(scores, by_candidate.get(SUPERVISED, {}))
+                      "gain_paper": paired(scores, by_candidate.get(PAPER, {})) if label != PAPER else None,
+                      "gain_supervised": (paired(scores, by_candidate.get(SUPERVISED, {}))
                                           if label != SUPERVISED else None)})
     return table
 

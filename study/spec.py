@@ -7,6 +7,7 @@
       tune/<name>/      the Ray Tune experiment (trial checkpoints, Tune's own logs)
       results/          the Parquet store: reports/ and trials/ (rows: study/records.py)
       retrain/          retrain runs (Parquet), once `semiseg-study retrain` has run
+      ablate/           ablation runs (Parquet), once `semiseg-study ablate` has run
       report.html       the dashboard, once `semiseg-study report` has run
 """
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from study.records import READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, to_table
+from study.records import ABLATE, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, to_table
 from trainer.atomic import atomic_write
 
 TRIALS_FILE = "trials.parquet"
@@ -146,7 +146,8 @@ def first_of_each_key(rows: pa.Table, key: list[str]) -> pa.Table:
 # --- the store ------------------------------------------------------------------------------
 
 class ResultStore:
-    """The Parquet tables of one study: reports appended exactly once, trials rewritten, retrain runs.
+    """The Parquet tables of one study: reports appended exactly once, trials rewritten, retrain and
+    ablation runs appended.
 
     One process writes a study folder (the driver); any number may read it.
     """
@@ -157,6 +158,7 @@ class ResultStore:
         self.reports_dir = self.study_dir / "results" / "reports"
         self.trials_dir = self.study_dir / "results" / "trials"
         self.retrain_dir = self.study_dir / "retrain"
+        self.ablate_dir = self.study_dir / "ablate"
         self._keys: set[tuple[str, int]] | None = None  # loaded from the parts on first need
         self._schema: pa.Schema | None = None             # unified schema of the parts, to refuse conflicts early
         # The trials table as last written: the driver rewrites it on every report, and reading
@@ -246,3 +248,13 @@ class ResultStore:
         """Every retrain run, once per (candidate, seed, iterations)."""
         return read_table(self.retrain_dir, RETRAIN)
 
+
+    # --- ablate -----------------------------------------------------------------------
+    def append_ablate(self, rows: list[dict[str, Any]]) -> None:
+        """Store the rows of finished ablation runs, one part per call (written atomically)."""
+        if rows:
+            write_part(to_table(rows, ABLATE, self.study), self.ablate_dir / _part_name())
+
+    def ablate(self) -> pa.Table:
+        """Every ablation row, once per (run_id, variant)."""
+        return read_table(self.ablate_dir, ABLATE)

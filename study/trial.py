@@ -25,10 +25,10 @@ def report_metrics(evaluation: Evaluation, trainer: Trainer) -> dict[str, Any]:
     """One evaluation as reported to Tune: the record's columns (``study.records``), and what ASHA
     and the searcher read besides (the full budget, whether it diverged) and where the trial runs."""
     return {**evaluation_metrics(evaluation), "max_iterations": trainer.cfg.iterations, "diverged": "",
-            **_placement(trainer)}
+            **placement(trainer)}
 
 
-def _placement(trainer: Trainer) -> dict[str, Any]:
+def placement(trainer: Trainer) -> dict[str, Any]:
     """Where the trial runs and on what: the Ray node (IP and id, as several nodes may share an IP),
     its GPUs, and the compute it holds (GPUs when it trains on one, else CPUs)."""
     import ray

@@ -65,6 +65,8 @@ params:
   lr: {type: float, low: 0.0001, high: 0.3, log: true}
   bank_size: {type: int, low: 4, high: 64, log: true}
   temperature: {type: float, low: 0.03, high: 1.0, log: true}
+groups:
+  memory bank: [bank_size, temperature]
 """
 
 
@@ -81,3 +83,27 @@ def small_study(ray_local, tmp_path_factory) -> Path:
                      concurrency=2, fixed=dict(REPORT_TINY), seed=0)
     run_study(spec, root, progress=False, say=lambda _: None)
     return root / "tiny"
+
+
+ABLATE_ARGS = ["--seeds", "2", "--quiet"]  # at the study's budget: 12 iterations
+
+
+@pytest.fixture(scope="session")
+def ablated_study(small_study, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the small study after `semiseg-study ablate tiny --seeds 2` (and what it printed).
+
+    Its space groups bank_size and temperature as "memory bank" and leaves lr in no group (a group
+    of its own), so the plan has two groups, and the winner without one is the paper point with the other.
+    """
+    import contextlib
+    import io
+    import shutil
+
+    from study.cli import main
+
+    root = tmp_path_factory.mktemp("ablated")
+    shutil.copytree(small_study, root / "tiny", ignore=shutil.ignore_patterns("ablate", "retrain"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0
+    return root / "tiny", out.getvalue()

@@ -15,6 +15,7 @@ import pytest
 
 from study.cli import main
 from study.report import SECTIONS
+from study.report.page import ABLATION_FIGURES
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -61,15 +62,17 @@ def _open(browser, page: Path, expected: int) -> list[dict]:
     return browser.execute_script(DRAWN)
 
 
-def test_every_figure_is_drawn_without_a_console_error(browser, small_study, tmp_path):
-    # Two copies: a hostile study name, compared with a plain one (the page escapes both).
+def test_every_figure_is_drawn_without_a_console_error(browser, small_study, ablated_study, tmp_path):
+    # Two copies: a hostile study name, compared with a plain one (the page escapes both); the first
+    # one ablated, so that the ablation's figures are drawn too.
     hostile = tmp_path / "<img src=x onerror=alert(1)>"
-    shutil.copytree(small_study, hostile)
+    shutil.copytree(ablated_study[0], hostile)
     shutil.copytree(small_study, tmp_path / "baseline")
     page = tmp_path / "report.html"
     assert main(["report", hostile.name, "--dir", str(tmp_path), "--compare", "baseline", "-o", str(page)]) == 0
     ids = re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page.read_text())
     assert {f"fig-{key}" for key, *_ in SECTIONS} <= set(ids) and {"fig-compare-best", "fig-compare-table"} <= set(ids)
+    assert {f"fig-{key}" for key in ABLATION_FIGURES} <= set(ids)
 
     figures = _open(browser, page, len(ids))
     assert [f["id"] for f in figures] == ids

@@ -31,6 +31,9 @@ params:
   temperature: {type: float, low: 0.03, high: 1.0, log: true, when: {contrastive_loss: infonce}}
   class_balance: {type: categorical, choices: [off, batch]}
   proj_dim: {type: int, low: 16, high: 64, step: 16}
+groups:
+  memory bank: [bank_size, contrastive_loss, temperature]
+  balancing: class_balance
 """
 
 TOML_SPACE = """\
@@ -51,6 +54,9 @@ contrastive_loss = {type = "categorical", choices = ["paper", "infonce"]}
 temperature = {type = "float", low = 0.03, high = 1.0, log = true, when = {contrastive_loss = "infonce"}}
 class_balance = {type = "categorical", choices = ["off", "batch"]}
 proj_dim = {type = "int", low = 16, high = 64, step = 16}
+[groups]
+"memory bank" = ["bank_size", "contrastive_loss", "temperature"]
+balancing = ["class_balance"]
 """
 
 
@@ -105,6 +111,34 @@ def test_default_paper_point_is_the_digits_preset() -> None:
     assert set(BUILTIN["contrastive"].paper_point) < set(point)
 
 
+def test_builtin_spaces_declare_the_methods_groups() -> None:
+    groups = BUILTIN["default"].groups
+    assert list(groups) == ["memory bank and contrastive loss", "pseudo-labels and teacher", "class balancing",
+                            "entropy", "learning rate"]
+    grouped = [key for members in groups.values() for key in members]
+    searched = {key for values in _samples(BUILTIN["default"], 50, seed=11) for key in values}
+    assert sorted(grouped) == sorted(searched)  # every searched param in exactly one group
+    assert BUILTIN["contrastive"].groups == {"memory bank and contrastive loss": groups["memory bank and contrastive loss"]}
+    assert BUILTIN["paper"].groups == {}
+
+
+@pytest.mark.parametrize("groups, words", [
+    ({"bank": ("bank_sise",)}, ["group 'bank' names 'bank_sise'", "does not search", "did you mean 'bank_size'"]),
+    ({"bank": ("bank_size",), "also bank": ("bank_size",)}, ["'bank_size' is in two groups, 'bank' and 'also bank'"]),
+    ({"bank": ("bank_size", "bank_size")}, ["'bank_size' is twice in group 'bank'"]),
+    ({"bank": ()}, ["group 'bank' must list the params"]),
+    ({"bank": "bank_size"}, ["group 'bank' must list the params"]),
+    ({"lr": ("lr",)}, ["group 'lr' names 'lr'", "does not search"]),
+])
+def test_python_space_groups_are_checked(groups: dict, words: list[str]) -> None:
+    contrastive = BUILTIN["contrastive"]
+    space = SearchSpace("g", "", contrastive.suggest, contrastive.paper_point, {}, groups)
+    with pytest.raises(ConfigError) as info:
+        space.check_keys()
+    for word in words:
+        assert word in str(info.value)
+
+
 def test_python_space_typo_suggests_the_field() -> None:
     space = SearchSpace("typo", "", lambda trial: {"bank_sise": trial.suggest_int("bank_sise", 1, 4)}, {}, {})
     with pytest.raises(ConfigError, match=r"search space 'typo'.*'bank_sise'.*did you mean 'bank_size'"):
@@ -145,6 +179,8 @@ def test_yaml_and_toml_give_the_same_samples(tmp_path: Path) -> None:
         assert space.name == "my-space" and space.description == "bank, rate and loss"
         assert space.fixed == {"iterations": 1000}
         assert space.paper_point["class_balance"] == "off"  # YAML 1.2: `off` is a string
+        assert space.groups == {"memory bank": ("bank_size", "contrastive_loss", "temperature"),
+                                "balancing": ("class_balance",)}
     samples = _samples(from_yaml, 40)
     assert samples == _samples(from_toml, 40)
     assert {values["class_balance"] for values in samples} == {"off", "batch"}
@@ -212,6 +248,14 @@ BAD_FILES = [
     ("params not a mapping", "params: [bank_size]\n", ["params must be a mapping"]),
     ("malformed YAML", "params:\n  lr: {type: float, low: [0.001, high: 0.1}\n", ["not valid YAML", "line 2"]),
     ("duplicate YAML key", "params:\n" + BANK + BANK, ["not valid YAML", "duplicate key 'bank_size'", "line 3"]),
+    ("group with an unknown param", "params:\n" + BANK + "groups:\n  bank: [bank_size, bank_sise]\n",
+     ["group 'bank'", "'bank_sise' is not a param of this file", "did you mean 'bank_size'"]),
+    ("group of a TrainConfig field not searched", "params:\n" + BANK + "groups:\n  rate: [lr]\n",
+     ["group 'rate'", "'lr' is not a param of this file", "params: bank_size"]),
+    ("param in two groups", "params:\n" + BANK + "groups:\n  a: [bank_size]\n  b: [bank_size]\n",
+     ["'bank_size' is in two groups, 'a' and 'b'"]),
+    ("empty group", "params:\n" + BANK + "groups:\n  a: []\n", ["group 'a'", "non-empty list"]),
+    ("groups not a mapping", "params:\n" + BANK + "groups: [bank_size]\n", ["groups must be a mapping"]),
 ]
 
 

@@ -1,6 +1,6 @@
 """A study as the report sees it: its Parquet tables as plain rows, nothing else.
 
-The report reads only ``results/`` (and ``retrain/`` when present), so a study folder
+The report reads only ``results/`` (and ``retrain/`` and ``ablate/`` when present), so a study folder
 copied off a cluster can be reported on a laptop without Ray, the space file or the
 Optuna database.
 """
@@ -35,6 +35,7 @@ class StudyData:
     reports: list[dict[str, Any]]                     # sorted by (trial_id, iteration)
     params: dict[str, BaseDistribution]               # every param any trial sampled
     retrain: list[dict[str, Any]] = field(default_factory=list)
+    ablate: list[dict[str, Any]] = field(default_factory=list)
     grace: int | None = None                          # ASHA's first rung, where study.json says ASHA ran
 
     @property
@@ -76,7 +77,8 @@ def load_study(folder: Path, require_scores: bool = True) -> StudyData:
     for row in trials:
         for name, dist in json.loads(row.get("distributions") or "{}").items():
             params.setdefault(name, json_to_distribution(json.dumps(dist)))
-    return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist(), _grace(folder))
+    return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist(),
+                     store.ablate().to_pylist(), _grace(folder))
 
 
 def _grace(folder: Path) -> int | None:

@@ -11,6 +11,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from study.report import compare, sweep, trials
+from study.report.ablate import ablation_figures
 from study.report.retrain import retrain_figures
 from study.report.data import StudyData, esc, load_study
 from study.records import STATUSES
@@ -35,6 +36,7 @@ SECTIONS: list[Section] = [
     ("bank-fill", "Memory bank", "Fill of each class's bank over training.", trials.bank_fill),
     ("top", "Top trials", "The ranking used by retrain and export.", trials.top_table),
 ]
+ABLATION_FIGURES = ("ablate-groups", "ablate-cost", "ablate-table")  # ids of the ablation's figures
 COMPARE: list[tuple[str, Callable[[list[StudyData]], go.Figure]]] = [
     ("compare-table", compare.compare_table), ("compare-best", compare.compare_best_so_far),
     ("compare-trials", compare.compare_trials)]
@@ -61,6 +63,11 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
     if data.retrain:
         parts.append("<h2>Retrained on seeds (test split)</h2>")
         parts += [_div(fig, f"retrain-{i}") for i, fig in enumerate(retrain_figures(data.retrain))]
+    if data.ablate:
+        parts.append("<h2>Ablation: what each group of the winner is worth, and what it costs (test split)</h2>"
+                     "<p class='hint'>Left out: the winner with the group at the paper point's values. Added in: "
+                     "the paper point with the group at the winner's values. Same seeds for every variant.</p>")
+        parts += [_div(fig, key) for key, fig in zip(ABLATION_FIGURES, ablation_figures(data.ablate))]
     counts = {s: sum(t.get("status") == s for t in data.trials) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     meta = f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">' if refresh and running else ""

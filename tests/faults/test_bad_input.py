@@ -145,12 +145,13 @@ def test_a_corrupt_or_foreign_parquet_part_is_named_by_status_and_report(small_s
     _fails(["report", "copy", "--dir", str(tmp_path)], capsys, "other.parquet", "not a semiseg-study")
 
 
-def test_report_and_retrain_of_a_study_without_an_evaluation_say_so(capsys, tmp_path):
+def test_report_retrain_and_ablate_of_a_study_without_an_evaluation_say_so(capsys, tmp_path):
     folder = tmp_path / "young"
     (folder / "results").mkdir(parents=True)
     (folder / "study.json").write_text(json.dumps({"spec": {"name": "young"}}))
     _fails(["report", "young", "--dir", str(tmp_path)], capsys, "no trials", "--resume young")
     _fails(["retrain", "young", "--dir", str(tmp_path)], capsys, "no trials", "--resume young")
+    _fails(["ablate", "young", "--dir", str(tmp_path)], capsys, "no trials", "nothing to ablate yet", "--resume young")
     _fails(["export", "young", "--dir", str(tmp_path), "-o", str(tmp_path / "b.json")], capsys, "no trials")
     assert sorted(p.name for p in folder.iterdir()) == ["results", "study.json"]
 
