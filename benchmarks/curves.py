@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.records import FINISHED
-from study.simulate import study_curves
+from study.simulate import measured_startup, study_curves
 from study.store import ResultStore
 from trainer.atomic import atomic_write, write_text_atomic
 
@@ -46,7 +47,9 @@ def write_table(names: list[str], root: Path, out: Path) -> pa.Table:
     table = pa.Table.from_pylist(rows)
     # Each study's study.json holds its spec and the commit and versions it ran with.
     provenance = {"commands": COMMANDS, "studies": {n: json.loads((root / n / "study.json").read_text()) for n in names},
-                  "table_written_by": environment()}
+                  "table_written_by": environment(),
+                  # What a simulated trial pays before it trains: measured on these very studies.
+                  "startup_s": statistics.median(measured_startup(root / n) for n in names)}
     table = table.replace_schema_metadata({b"semiseg_provenance": json.dumps(provenance).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as handle:
