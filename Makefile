@@ -22,12 +22,13 @@ study: install
 	$(BIN)/semiseg-study run --name main --replace
 	$(BIN)/semiseg-study report main
 
-# The report's browser test drives Debian's headless Chromium (root, or passwordless sudo, installs it).
+# The report's browser test drives Debian's headless Chromium, and the --storage test a real
+# PostgreSQL server it starts itself (root, or passwordless sudo, installs both).
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver \
-	  || echo "could not install chromium: the browser test will be skipped (failed on CI)"; }
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver postgresql \
+	  || echo "could not install chromium and postgresql: their tests will be skipped (failed on CI)"; }
 
 test: install browser
 	$(BIN)/python -m pytest -q

@@ -38,6 +38,7 @@ from typing import Any, Callable
 from study.ranking import pick, ranked_study
 from study.records import config_columns, stored_config
 from study.retrain import gain_text, mean_std, mean_std_text, paired
+from study.location import as_location
 from study.runs import fresh_seeds, run_on_ray
 from study.spec import StudySpec, read_study_json
 from study.store import ResultStore
@@ -108,7 +109,7 @@ def ablate(folder: Path, seeds: int = 3, iterations: int | None = None, rank: in
            progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every run of the plan not stored yet on Ray; return the plan's rows, one per (variant, seed)."""
     seed_list = fresh_seeds(seeds)
-    folder = Path(folder)
+    folder = as_location(folder)
     spec = read_study_json(folder)
     if address:
         spec = dataclasses.replace(spec, address=address)
@@ -149,7 +150,7 @@ def ablate(folder: Path, seeds: int = 3, iterations: int | None = None, rank: in
     def finished(rid: str, cfg: TrainConfig, result: dict[str, Any]) -> None:
         store.append_ablate(rows_of(rid, result, first_shared=False))
 
-    run_on_ray(spec, list(jobs.values()), finished, progress, desc="ablate")
+    run_on_ray(spec, list(jobs.values()), finished, progress, desc="ablate", location=as_location(folder))
     keys = {(rid, variant.label) for (variant, _), rid in zip(wanted, ids)}
     return [r for r in store.ablate().to_pylist() if (r["run_id"], r["variant"]) in keys]
 

@@ -18,14 +18,15 @@ from ray.tune import Callback
 
 from search_spaces import SearchSpace
 from study.records import ERRORED, FINISHED, METRIC, RUNNING, STATUSES, STOPPED, config_columns, report_row
+from study.location import Location, as_location
 from study.spec import StudySpec
 from study.store import ResultStore
 
 
 class StoreCallback(Callback):
-    def __init__(self, folder: Path, spec: StudySpec, show_progress: bool = True,
+    def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
                  stop_reason: str = "asha: below the rung's cutoff") -> None:
-        self.folder, self.spec, self.study = Path(folder), spec, spec.name
+        self.folder, self.spec, self.study = as_location(folder), spec, spec.name
         self.stop_reason = stop_reason
         self.show_progress = show_progress
         self._store: ResultStore | None = None

@@ -14,13 +14,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
 
+DIR_HELP = ("folder of the studies, or a URI of an object store that every node reaches, e.g. "
+            "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http (default: studies)")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+
+if TYPE_CHECKING:
+    from study.location import Location
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a hyperparameter study on Ray (local by default)",
                               description="Optuna samples, ASHA stops early, every report lands in Parquet.")
     run.add_argument("--name", help="study name (default: study-<time>); its folder is DIR/NAME")
-    run.add_argument("--dir", type=Path, default=Path("studies"), help="folder of the studies (default: studies)")
+    run.add_argument("--dir", default="studies", help=DIR_HELP)
     run.add_argument("--resume", metavar="NAME", help="continue the interrupted study NAME with its saved spec")
     run.add_argument("--replace", action="store_true", help="move an existing study of that name aside first")
     run.add_argument("--space", default=defaults.space,
@@ -100,14 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the trials table of a study, from its Parquet store")
     status.add_argument("name")
-    status.add_argument("--dir", type=Path, default=Path("studies"))
+    status.add_argument("--dir", default="studies", help=DIR_HELP)
     status.set_defaults(handler=_status)
 
     report = commands.add_parser("report", help="the study's dashboard: one self-contained HTML page",
                                  description="Plotly figures of the sweep, built from the study's Parquet alone "
                                              "(a study folder copied off a cluster reports anywhere).")
     report.add_argument("name")
-    report.add_argument("--dir", type=Path, default=Path("studies"))
+    report.add_argument("--dir", default="studies", help=DIR_HELP)
     report.add_argument("-o", "--out", type=Path, help="output file (default: DIR/NAME/report.html)")
     report.add_argument("--compare", nargs="+", default=[], metavar="NAME2",
                         help="studies (in --dir) to put side by side with NAME, e.g. a random+FIFO baseline")
@@ -121,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Runs on Ray with the study's resources per trial; results go to "
                                               "DIR/NAME/retrain/ (Parquet); a second call resumes.")
     retrain.add_argument("name")
-    retrain.add_argument("--dir", type=Path, default=Path("studies"))
+    retrain.add_argument("--dir", default="studies", help=DIR_HELP)
     retrain.add_argument("--top", type=int, default=3, help="how many of the study's best configs")
     retrain.add_argument("--seeds", type=int, default=3, help="seeds per config (the same seeds for all)")
     retrain.add_argument("--iterations", type=int, help="training iterations (default: each config's full budget)")
@@ -133,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Simulated studies (no training) of one method and of random + FIFO on the same compute: "
                     "each proposed config replays the curve of the study's nearest config that ran to the end.")
     simulate.add_argument("name")
-    simulate.add_argument("--dir", type=Path, default=Path("studies"))
+    simulate.add_argument("--dir", default="studies", help=DIR_HELP)
     simulate.add_argument("--searcher", choices=("tpe", "random", "gp"), help="default: the study's")
     simulate.add_argument("--scheduler", choices=("asha", "fifo", "topk"), help="default: the study's")
     simulate.add_argument("--grace", type=int, help="ASHA's first rung (topk: the screening rung); default: the study's")
@@ -155,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
                                              "Runs on Ray with the study's resources per trial; results go to "
                                              "DIR/NAME/ablate/ (Parquet); a second call resumes.")
     ablate.add_argument("name")
-    ablate.add_argument("--dir", type=Path, default=Path("studies"))
+    ablate.add_argument("--dir", default="studies", help=DIR_HELP)
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (the same seeds for all)")
     ablate.add_argument("--iterations", type=int, help="training iterations (default: the study's full budget)")
     ablate.add_argument("--rank", type=int, default=1, help="the trial to ablate (1 = the best)")
@@ -165,14 +170,19 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="a trial's config as a TrainConfig JSON for `train --config`")
     export.add_argument("name")
-    export.add_argument("--dir", type=Path, default=Path("studies"))
+    export.add_argument("--dir", default="studies", help=DIR_HELP)
     export.add_argument("--rank", type=int, default=1, help="1 = the best trial (finished trials rank first)")
     export.add_argument("-o", "--out", type=Path, required=True, help="the JSON file to write")
     export.set_defaults(handler=_export)
     return parser
 
 
-def _study_folder(root: Path, name: str) -> Path:
+def _study_folder(dir_text: str, name: str) -> "Location":
+    """The location of an existing study: ``--dir`` (a folder or a URI) and its name."""
+    from study.location import check_reachable, parse
+
+    root = parse(dir_text)
+    check_reachable(root)  # in seconds: an endpoint that does not answer, a missing bucket, bad credentials
     folder = root / name
     if not (folder / "study.json").is_file():
         raise ConfigError(f"no study {name!r} in {root} (no {folder / 'study.json'}); "
@@ -269,8 +279,11 @@ def _run(args: argparse.Namespace) -> int:
                      concurrency=args.concurrency, storage=args.storage, seed=args.seed,
                      time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed,
                      points=_read_points(args.points) if args.points else [])
-    print(f"study {name!r} in {args.dir / name}" + (" (resuming)" if args.resume else ""))
-    with _live_report(args.dir / name, args.report_every):
+    from study.location import parse
+
+    root = parse(args.dir)
+    print(f"study {name!r} in {root / name}" + (" (resuming)" if args.resume else ""))
+    with _live_report(root / name, args.report_every):
         result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
     print(f"{result['trials']} trials: {counts}")
@@ -282,8 +295,8 @@ def _run(args: argparse.Namespace) -> int:
           f"({best['status']}, {best['iterations']} iterations)")
     # What the space sampled for it (its branch only), as stored with the trial.
     print("best config: " + json.dumps(json.loads(best.get("params") or "{}"), sort_keys=True))
-    print(f"results: {args.dir / name / 'results'}")
-    warning = _grace_warning(args.dir / name)
+    print(f"results: {root / name / 'results'}")
+    warning = _grace_warning(root / name)
     if warning:
         print(f"warning: {warning}")
     return 0
@@ -315,7 +328,7 @@ def _read_points(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _live_report(folder: Path, every: float) -> Iterator[None]:
+def _live_report(folder: "Location", every: float) -> Iterator[None]:
     """With ``--report-every``, a thread rewrites the study's report while the study runs."""
     if every <= 0:
         yield

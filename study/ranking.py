@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from study.location import Location, as_location
 from study.records import FINISHED, STOPPED, stored_config
 from study.store import ResultStore
 from trainer.config import ConfigError, TrainConfig
@@ -38,11 +39,11 @@ def ranked_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ranked
 
 
-def ranked_study(folder: Path, name: str | None = None, rows: list[dict[str, Any]] | None = None,
+def ranked_study(folder: "Location | Path", name: str | None = None, rows: list[dict[str, Any]] | None = None,
                  what_for: str = "") -> list[dict[str, Any]]:
     """The ranked trials of the study in ``folder`` (or of its trials ``rows``, read already);
     raise NoFinishedTrialError if there are none."""
-    folder = Path(folder)
+    folder = as_location(folder)
     name = name or folder.name
     rows = ResultStore(folder, name).trials().to_pylist() if rows is None else rows
     ranked = ranked_trials(rows)
@@ -61,7 +62,7 @@ def pick(ranked: list[dict[str, Any]], rank: int) -> dict[str, Any]:
     return ranked[rank - 1]
 
 
-def export_config(folder: Path, rank: int, out: Path) -> tuple[dict[str, Any], TrainConfig]:
+def export_config(folder: "Location | Path", rank: int, out: Path) -> tuple[dict[str, Any], TrainConfig]:
     """Write the config of the trial of rank ``rank`` as a TrainConfig JSON; return (trial row, config).
 
     The file holds every field, the trial's seed and thread count included, so that

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from study.location import Location, as_location
 from study.ranking import ranked_study
 from study.records import config_columns, stored_config
 from study.runs import fresh_seeds, run_on_ray
@@ -39,7 +40,7 @@ class Candidate:
     config: TrainConfig
 
 
-def candidates(folder: Path, top: int, iterations: int | None = None,
+def candidates(folder: "Location | Path", top: int, iterations: int | None = None,
                spec: StudySpec | None = None) -> list[Candidate]:
     """The top ``top`` trials of the study, then its paper point and supervised-only point."""
     if top < 1:
@@ -58,11 +59,11 @@ def candidates(folder: Path, top: int, iterations: int | None = None,
     return chosen
 
 
-def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None = None,
+def retrain(folder: "Location | Path", top: int = 3, seeds: int = 3, iterations: int | None = None,
             progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run every (candidate, seed) not stored yet on Ray; return all stored rows of this plan."""
     seed_list = fresh_seeds(seeds)
-    folder = Path(folder)
+    folder = as_location(folder)
     spec = read_study_json(folder)
     chosen = candidates(folder, top, iterations, spec)
     store = ResultStore(folder, spec.name)
@@ -81,7 +82,7 @@ def retrain(folder: Path, top: int = 3, seeds: int = 3, iterations: int | None =
             "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc),
             **{key: result[key] for key in RETRAIN_MEASURED}, **config_columns(cfg.to_dict())}])
 
-    run_on_ray(spec, jobs, stored, progress, desc="retrain")
+    run_on_ray(spec, jobs, stored, progress, desc="retrain", location=folder)
     wanted = {(c.label, seed, c.config.iterations) for c in chosen for seed in seed_list}
     return [r for r in store.retrain().to_pylist() if (r["candidate"], r["seed"], r["iterations"]) in wanted]
 

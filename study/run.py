@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.config import ConfigError, TrainConfig, first_line
+from study.location import Location, as_location, check_reachable as check_location
+from study.reach import check_nodes_reach
+from study.optuna_storage import open_storage, split_password
 from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
 
 logger = logging.getLogger(__name__)
@@ -24,30 +27,44 @@ logger = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 
-def study_folder(root: Path, name: str) -> Path:
-    return (root / name).resolve()
+def study_folder(root: "str | Path | Location", name: str) -> Location:
+    """The location of study ``name`` under ``--dir`` ``root`` (a local folder or a URI)."""
+    root = as_location(root)
+    return Location(str((root.path / name).resolve())) if root.local else root / name
 
 
-def check_folder(spec: StudySpec, root: Path, *, resume: bool, replace: bool = False) -> Path:
+def check_folder(spec: StudySpec, root: "str | Path | Location", *, resume: bool, replace: bool = False
+                 ) -> Location:
     """The study's folder: the one to resume must exist, a new one must not (unless ``replace``)."""
+    root = as_location(root)
     folder = study_folder(root, spec.name)
     if resume and not folder.is_dir():
         raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
     if not resume and folder.exists() and not replace:
+        where = "" if root.local else f" --dir '{root}'"
         raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
-                          f"`semiseg-study run --resume {spec.name}`, or choose another --name")
-    if not resume:  # fail now, not after Ray has started, on a folder that cannot be made
+                          f"`semiseg-study run --resume {spec.name}{where}`, or choose another --name")
+    if not resume and not folder.local and folder.exists():
+        raise ConfigError(f"study {spec.name!r} already exists in {root}, and an object store has no rename to "
+                          "move it aside with --replace: choose another --name, or delete or copy it yourself")
+    if not resume and folder.local:  # fail now, not after Ray has started, on a folder that cannot be made
+        folder = folder.path
         ancestor = folder.parent
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
             why = "is not a folder" if not ancestor.is_dir() else "is not writable"
             raise ConfigError(f"cannot create the study folder {folder}: {ancestor} {why}")
+        return Location(str(folder))
     return folder
 
 
-def create_folder(folder: Path, say: Say = print) -> None:
+def create_folder(folder: "Location | Path", say: Say = print) -> None:
     """Make a new study's folder, moving a previous study of that name aside (a study is never deleted)."""
+    folder = as_location(folder)
+    if not folder.local:
+        return  # an object store makes prefixes as objects land (check_folder refused an existing one)
+    folder = folder.path
     if folder.exists():
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(kept)
@@ -73,9 +90,15 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
     return cfg, grace, note
 
 
-def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: bool = False,
+def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = False, replace: bool = False,
               say: Say = print, progress: bool = True) -> dict[str, Any]:
     """Run the study to the end and return the summary of its best trial."""
+    # The password of --storage is used, never stored (study/optuna_storage.py).
+    storage, password = split_password(spec.storage)
+    root = as_location(root)
+    check_location(root)  # an unreachable endpoint, a missing bucket, refused credentials: in seconds
+    if not resume:
+        spec.storage = storage
     spec = read_study_json(study_folder(root, spec.name)) if resume else spec.validate()
     base_cfg, grace, note = check_space(spec)
     folder = check_folder(spec, root, resume=resume, replace=replace)
@@ -85,6 +108,7 @@ def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: boo
     owns_ray = connect(spec.address)
     try:
         check_fits(spec)  # before anything is written
+        check_nodes_reach(root)  # on a cluster: every node must reach the study (Tune's checkpoints)
         if not resume:
             create_folder(folder, say)
             # A shared --storage may hold an older study of the same name: never continue it by accident.
@@ -93,7 +117,7 @@ def run_study(spec: StudySpec, root: Path, *, resume: bool = False, replace: boo
         if note and spec.scheduler == "asha":
             say(note)
         _ensure_pretrained(base_cfg)
-        tuner = _tuner(spec, folder, grace, resume, progress)
+        tuner = _tuner(spec, folder, grace, resume, progress, password)
         tuner.fit()
     finally:
         if owns_ray:
@@ -219,8 +243,8 @@ def concurrency(spec: StudySpec) -> int:
     return max(1, slots)
 
 
-def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bool):
-    import optuna
+def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress: bool,
+           password: str | None = None):
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -231,22 +255,24 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
+    # Tune gets the location's filesystem (it pickles without credentials: every node builds its
+    # own client from its own environment) and the path inside it.
+    storage_fs = None if folder.local else tune_dir.fs
     if resume:
-        if tune.Tuner.can_restore(str(tune_dir / spec.name)):
+        if spec.storage:  # before Tune unpickles the searcher: a missing password is one line, not a traceback
+            open_storage(spec.storage, folder, spec.study_id, resume=True, password=password)
+        if tune.Tuner.can_restore((tune_dir / spec.name).fs_path, storage_filesystem=storage_fs):
             # Errored trials already used their retries (FailureConfig) and are recorded as failed.
-            return tune.Tuner.restore(str(tune_dir / spec.name), trainable=trainable, resume_unfinished=True,
-                                      resume_errored=False)
+            return tune.Tuner.restore((tune_dir / spec.name).fs_path, trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, storage_filesystem=storage_fs)
         from study.store import ResultStore
 
         if ResultStore(folder, spec.name).trials().num_rows:
             raise ConfigError(f"study {spec.name!r} cannot be resumed: its trials started but Ray Tune never "
                               f"saved the experiment state in {tune_dir}; start it again with --replace")
     sampler = make_sampler(spec.searcher, spec.seed)
-    storage_url = spec.storage or f"sqlite:///{folder / 'optuna.db'}"
-    try:
-        storage = optuna.storages.RDBStorage(storage_url)
-    except Exception as err:  # a bad URL or an unreachable database
-        raise ConfigError(f"--storage {storage_url!r}: Optuna cannot open it: {err}") from None
+    # A resume that reaches here has no Tune experiment to restore: its Optuna record starts afresh too.
+    storage = open_storage(spec.storage, folder, spec.study_id or spec.name, resume=False, password=password)
     searcher = make_searcher(spec.search_space, sampler, storage=storage, study_name=spec.study_id or spec.name,
                              points=spec.points)
     if spec.scheduler == "asha":
@@ -268,7 +294,7 @@ def _tuner(spec: StudySpec, folder: Path, grace: int, resume: bool, progress: bo
                                     max_concurrent_trials=concurrency(spec), reuse_actors=True,
                                     time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(tune_dir), verbose=0, callbacks=[callback, JsonLoggerCallback()],
+            name=spec.name, storage_path=tune_dir.fs_path, storage_filesystem=storage_fs, verbose=0, callbacks=[callback, JsonLoggerCallback()],
             # More than one: Tune's snapshot may still name an older checkpoint when a driver dies.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),

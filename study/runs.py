@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence, TypeVar
 
+from study.location import Location
 from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig
 
@@ -65,10 +66,11 @@ def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
                store: Callable[[Job, TrainConfig, dict[str, Any]], None], progress: bool = True,
-               desc: str = "runs") -> None:
+               desc: str = "runs", location: "Location | None" = None) -> None:
     """Run each job's config (its seed set) as a Ray task; call ``store`` with each result as it finishes.
 
-    Joins ``spec.address`` (or starts a local Ray, stopped again at the end). On an error or an
+    Joins ``spec.address`` (or starts a local Ray, stopped again at the end); on a cluster, every
+    node must reach the study's ``location`` first (``check_nodes_reach``). On an error or an
     interrupt the runs still pending are cancelled, so none keeps a worker busy for nobody.
     """
     if not jobs:
@@ -76,12 +78,15 @@ def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
     import ray
     from tqdm import tqdm
 
+    from study.reach import check_nodes_reach
     from study.run import _ensure_pretrained, check_fits, connect
 
     owns_ray = connect(spec.address)
     pending: dict[Any, tuple[Job, TrainConfig]] = {}
     try:
         check_fits(spec)
+        if location is not None:
+            check_nodes_reach(location)
         _ensure_pretrained(jobs[0][1])
         task = ray.remote(train_and_test).options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                                                   max_retries=1)

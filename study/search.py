@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,7 +27,7 @@ from search_spaces import SearchSpace
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
 from study.records import METRIC
-from trainer.atomic import write_text_atomic
+from study.location import Location, as_location
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +81,9 @@ class StudySearcher(OptunaSearch):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         internals.check(self, "OptunaSearch")
+        # A study in a remote location keeps Optuna's SQLite on the driver and its snapshot there.
+        storage = kwargs.get("storage")
+        self._snapshot_storage = storage if hasattr(storage, "upload") else None
         # The result that ends a trial comes again with on_trial_complete, and a retried trial
         # replays its last evaluation: each step is reported once (Optuna warns on repeats).
         self._reported_steps: dict[str, set[int]] = {}
@@ -119,6 +121,13 @@ class StudySearcher(OptunaSearch):
         self._reported_steps.pop(trial_id, None)
         ot_trials.pop(trial_id, None)
 
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's checkpoint of the searcher; Optuna's snapshot goes to the location first, so that
+        the two agree on a driver that resumes elsewhere (study/optuna_snapshot.py)."""
+        if getattr(self, "_snapshot_storage", None) is not None:
+            self._snapshot_storage.upload()
+        super().save(checkpoint_path)
+
     def restore(self, checkpoint_path: str) -> None:
         """Restore, then fail the Optuna trials asked for after the snapshot (the driver died):
         left RUNNING, constant liar would count them as running forever."""
@@ -148,10 +157,11 @@ class PersistentASHA(ASHAScheduler):
     ``state_path`` None keeps the rungs in memory only: a simulated study, which has no driver to lose.
     """
 
-    def __init__(self, state_path: str | Path | None, **kwargs: Any) -> None:
+    def __init__(self, state_path: "str | Path | Location | None", **kwargs: Any) -> None:
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
         internals.check(self, "ASHAScheduler")
-        self._state_path = None if state_path is None else str(state_path)
+        # A Location (the study's, local or s3://...); it pickles as its URI, with no credentials.
+        self._state_path = None if state_path is None else as_location(state_path)
         self._loaded = False
         self._stopped: set[str] = set()
 
@@ -160,10 +170,12 @@ class PersistentASHA(ASHAScheduler):
         if self._loaded:
             return
         self._loaded = True
-        if self._state_path is None or not os.path.isfile(self._state_path):
+        if self._state_path is None:
             return
-        with open(self._state_path) as handle:
-            saved = json.load(handle)
+        state = as_location(self._state_path)  # a str in experiments pickled before Locations
+        if not state.is_file():
+            return
+        saved = json.loads(state.read_text())
         # A trial stopped just before the driver died may come back from an older snapshot.
         self._stopped = set(saved.get("stopped", []))
         for bracket, rungs in zip(internals.asha_brackets(self), saved["brackets"]):
@@ -176,7 +188,7 @@ class PersistentASHA(ASHAScheduler):
             return
         state = {"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)] for b in internals.asha_brackets(self)],
                  "stopped": sorted(self._stopped)}
-        write_text_atomic(self._state_path, json.dumps(state))
+        as_location(self._state_path).write_text(json.dumps(state))
 
     def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature
         self._load()

@@ -1,5 +1,9 @@
 """What a study is: its spec (plain data, saved as study.json) and its folder.
 
+The folder is a ``study.location.Location``: ``--dir/NAME`` on a local disk, or a prefix of an
+object store (``s3://bucket/prefix/NAME``), where ``optuna.db`` is the snapshot of the driver's
+SQLite (``study/optuna_snapshot.py``).
+
     studies/<name>/
       study.json        the spec, versions of the libraries, the git commit
       optuna.db         Optuna storage (SQLite), unless --storage names another
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from search_spaces import SearchSpace, get_space
-from trainer.atomic import write_text_atomic
+from study.location import Location, as_location
 from trainer.config import ConfigError, TrainConfig
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -166,12 +170,13 @@ def environment() -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_study_json(folder: Path, spec: StudySpec) -> None:
+def write_study_json(folder: "Location | Path", spec: StudySpec) -> None:
     payload = {"spec": spec.to_dict(), "environment": environment()}
-    write_text_atomic(folder / "study.json", json.dumps(payload, indent=2) + "\n")
+    (as_location(folder) / "study.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def read_study_json(folder: Path) -> StudySpec:
+def read_study_json(folder: "Location | Path") -> StudySpec:
+    folder = as_location(folder)
     path = folder / "study.json"
     if not path.is_file():
         raise ConfigError(f"{folder} is not a study folder (no study.json); "

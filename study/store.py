@@ -4,10 +4,14 @@ What the rows hold is ``study/records.py``'s; this module only puts them on disk
 back. ``pyarrow.dataset.dataset(path)``, ``pandas.read_parquet(path)`` and DuckDB
 ``read_parquet('path/*.parquet')`` read the folders directly.
 
-Guarantees, with one writing process (the study driver) per study folder:
+The folder is a ``study.location.Location``: a local folder, or a prefix of an object store
+(``s3://...``), read and written through pyarrow.fs. Guarantees, with one writing process (the
+study driver) per study folder:
 
-* a write is atomic: a part goes to a hidden temp file (``.<name>.<random>.tmp``, which
-  pyarrow, pandas and the ``*.parquet`` glob all skip), is fsynced, then renamed;
+* a write is atomic: locally a part goes to a hidden temp file (``.<name>.<random>.tmp``, which
+  pyarrow, pandas and the ``*.parquet`` glob all skip), is fsynced, then renamed; an object
+  store has no rename, so there the part is serialised whole in memory and sent as one object
+  under its final, unique key (an object is visible only once complete);
 * a report is stored once: ``append_reports`` drops any (trial_id, iteration) the
   folder holds already, so a resumed driver may replay reports freely, and readers keep
   the first row of each key (a crash mid-compaction leaves a part twice);
@@ -27,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from study.location import Location, as_location
 from study.records import ABLATE, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, to_table
-from trainer.atomic import atomic_write
 
 TRIALS_FILE = "trials.parquet"
 
@@ -39,11 +43,11 @@ class StoreError(ValueError):
 
 # --- files ----------------------------------------------------------------------------------
 
-def write_part(table: pa.Table, path: Path) -> None:
+def write_part(table: pa.Table, path: "Location | Path") -> None:
     """Write ``table`` to ``path`` so that a reader sees the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle)
+    sink = pa.BufferOutputStream()  # whole in memory first: a failed write sends nothing
+    pq.write_table(table, sink)
+    as_location(path).write_bytes(sink.getvalue().to_pybytes())
 
 
 def _part_name() -> str:
@@ -51,26 +55,24 @@ def _part_name() -> str:
     return f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _data_files(folder: Path) -> list[Path]:
+def _data_files(folder: Location) -> list[Location]:
     """The files a dataset reader sees in ``folder``: all but those starting with '.' or '_'."""
-    if not folder.is_dir():
-        return []
     files = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith((".", "_")):
+    for name, is_file in folder.list():
+        if name.startswith((".", "_")):
             continue
-        if not entry.is_file():
-            raise StoreError(f"{entry} is a folder, but {folder} should hold Parquet part files only "
+        if not is_file:
+            raise StoreError(f"{folder / name} is a folder, but {folder} should hold Parquet part files only "
                              f"(pyarrow would read into it); move it out of {folder}")
-        files.append(entry)
+        files.append(folder / name)
     return files
 
 
-def _checked_schema(path: Path, table: Table) -> pa.Schema:
+def _checked_schema(path: Location, table: Table) -> pa.Schema:
     """The schema of one part, once it is known to be ours; else StoreError saying what to do."""
     move = f"move it out of {path.parent} (every reader of the folder reads every file in it)"
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(path.fs_path, filesystem=path.fs)
     except (pa.ArrowException, OSError) as err:
         raise StoreError(f"{path} is not a readable Parquet file ({err}); {move}") from None
     metadata = schema.metadata or {}
@@ -91,7 +93,7 @@ def _checked_schema(path: Path, table: Table) -> pa.Schema:
     return schema
 
 
-def _unified(schemas: list[pa.Schema], table: Table, folder: Path) -> pa.Schema:
+def _unified(schemas: list[pa.Schema], table: Table, folder: Location) -> pa.Schema:
     try:
         # permissive: a config column that is int64 in one part and float64 in another reads as float64.
         return table.with_metadata(pa.unify_schemas([table.fields, *schemas], promote_options="permissive"))
@@ -100,33 +102,35 @@ def _unified(schemas: list[pa.Schema], table: Table, folder: Path) -> pa.Schema:
                          f"`pyarrow.parquet.read_schema` and move it out of {folder}") from None
 
 
-def _parts(folder: Path, table: Table) -> tuple[list[Path], pa.Schema]:
+def _parts(folder: Location, table: Table) -> tuple[list[Location], pa.Schema]:
     """The part files of ``folder``, each checked to be ours, and the schema that unifies them."""
     paths = _data_files(folder)
     return paths, _unified([_checked_schema(p, table) for p in paths], table, folder)
 
 
-def read_table(folder: Path, table: Table, columns: list[str] | None = None) -> pa.Table:
+def read_table(folder: "Location | Path", table: Table, columns: list[str] | None = None) -> pa.Table:
     """Every part of ``folder`` as one table of the unified schema, the first row of each key kept."""
+    folder = as_location(folder)
     return _read(*_parts(folder, table), table, folder, columns)
 
 
-def _read(paths: list[Path], schema: pa.Schema, table: Table, folder: Path, columns: list[str] | None = None
-          ) -> pa.Table:
+def _read(paths: list[Location], schema: pa.Schema, table: Table, folder: Location,
+          columns: list[str] | None = None) -> pa.Table:
     if not paths:
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
     try:
         # An explicit schema: a config column that a part lacks reads as null.
-        rows = pads.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table(columns=columns)
+        rows = pads.dataset([p.fs_path for p in paths], schema=schema, format="parquet",
+                            filesystem=folder.fs).to_table(columns=columns)
     except (pa.ArrowException, OSError) as err:
         damaged = next((p for p in paths if not _readable(p)), folder)
         raise StoreError(f"{damaged} is damaged ({err}); move it out of {folder}") from None
     return first_of_each_key(rows, list(table.key))
 
 
-def _readable(path: Path) -> bool:
+def _readable(path: Location) -> bool:
     try:
-        pq.read_table(path)
+        pq.read_table(path.fs_path, filesystem=path.fs)
         return True
     except (pa.ArrowException, OSError):
         return False
@@ -152,8 +156,8 @@ class ResultStore:
     One process writes a study folder (the driver); any number may read it.
     """
 
-    def __init__(self, study_dir: str | Path, study: str) -> None:
-        self.study_dir = Path(study_dir)
+    def __init__(self, study_dir: "str | Path | Location", study: str) -> None:
+        self.study_dir = as_location(study_dir)
         self.study = study
         self.reports_dir = self.study_dir / "results" / "reports"
         self.trials_dir = self.study_dir / "results" / "trials"
@@ -217,7 +221,7 @@ class ResultStore:
         merged = _read(paths, schema, REPORTS, self.reports_dir)
         write_part(merged, self.reports_dir / _part_name())
         for path in paths:
-            path.unlink(missing_ok=True)
+            path.delete()
         return len(paths)
 
     # --- trials -----------------------------------------------------------------------

@@ -13,6 +13,13 @@ import torch
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to 127.0.0.1 only
 
+# Credentials of the loopback S3 server (tests/test_storage.py), set before any Ray starts: its
+# workers inherit them, as a cluster node's own environment would hold them. The secret is a
+# string no file of a study may contain.
+S3_SECRET = "semiseg-test-secret-5c1e7a"
+os.environ.update(AWS_ACCESS_KEY_ID="semiseg-test-key", AWS_SECRET_ACCESS_KEY=S3_SECRET,
+                  AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -107,3 +114,23 @@ def ablated_study(small_study, tmp_path_factory) -> tuple[Path, str]:
     with contextlib.redirect_stdout(out):
         assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0
     return root / "tiny", out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the session (real HTTP); yields ``(host:port, make_bucket)``."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is in the test extras")
+    import pyarrow.fs as pafs
+
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"{host}:{port}"
+    admin = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
+
+    def make_bucket(name: str) -> str:
+        admin.create_dir(name)
+        return f"s3://{name}?endpoint_override={endpoint}&scheme=http"
+
+    yield endpoint, make_bucket
+    server.stop()

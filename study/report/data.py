@@ -17,6 +17,7 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, json_to_distribution
 
+from study.location import Location, as_location
 from study.ranking import ranked_study, ranked_trials
 from study.store import ResultStore, StoreError
 from trainer.classes import CLASSES
@@ -30,7 +31,7 @@ def esc(text: Any) -> str:
 @dataclass
 class StudyData:
     name: str
-    folder: Path
+    folder: Location
     trials: list[dict[str, Any]]
     reports: list[dict[str, Any]]                     # sorted by (trial_id, iteration)
     params: dict[str, BaseDistribution]               # every param any trial sampled
@@ -62,9 +63,9 @@ def params_of(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(row["params"]) if row.get("params") else {}
 
 
-def load_study(folder: Path, require_scores: bool = True) -> StudyData:
+def load_study(folder: "Location | Path", require_scores: bool = True) -> StudyData:
     """Read a study folder; raise NoFinishedTrialError if no trial has an evaluation yet."""
-    folder = Path(folder)
+    folder = as_location(folder)
     if not (folder / "results").is_dir():
         raise StoreError(f"{folder} is not a study folder (no results/ in it); give the study's name and "
                          f"--dir, e.g. `semiseg-study report NAME --dir studies`")

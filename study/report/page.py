@@ -16,7 +16,7 @@ from study.report.retrain import retrain_figures
 from study.report.data import StudyData, esc, load_study
 from study.records import STATUSES
 from study.rung_ranks import grace_warning, rung_ranks
-from trainer.atomic import write_text_atomic
+from study.location import Location, as_location
 
 # (id, heading, how to read it, builder): the page's figures, in reading order.
 Section = tuple[str, str, str, Callable[[StudyData], go.Figure]]
@@ -86,19 +86,18 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
 """
 
 
-def write_report(folder: Path, out: Path, compare_with: list[Path] = (), refresh: float | None = None,
-                 running: bool = False) -> Path:
+def write_report(folder: "Location | Path", out: "Location | Path", compare_with: list["Location | Path"] = (),
+                 refresh: float | None = None, running: bool = False) -> "Location | Path":
     """Build the report of the study in ``folder`` and write it atomically to ``out``."""
     data = load_study(folder)
     others = [load_study(f) for f in compare_with]
     page = render(data, others, refresh=refresh, running=running)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, page)  # a browser reloading mid-write sees the old page or the new one
+    # A browser reloading mid-write sees the old page or the new one (atomic locally, one object remotely).
+    as_location(out).write_text(page)
     return out
 
 
-def watch(folder: Path, out: Path, every: float, compare_with: list[Path] = (),
+def watch(folder: "Location | Path", out: "Location | Path", every: float, compare_with: list["Location | Path"] = (),
           is_running: Callable[[], bool] = lambda: True, say: Callable[[str], None] = print,
           sleep: Callable[[float], object] = time.sleep) -> None:
     """Rewrite the report every ``every`` seconds while ``is_running()``, then once more."""
@@ -106,7 +105,7 @@ def watch(folder: Path, out: Path, every: float, compare_with: list[Path] = (),
 
     while True:
         running = is_running()
-        if (Path(folder) / "results").is_dir():
+        if (as_location(folder) / "results").is_dir():
             try:
                 write_report(folder, out, compare_with, refresh=every, running=running)
             except NoFinishedTrialError:

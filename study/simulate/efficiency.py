@@ -143,10 +143,11 @@ def simulate_study(folder: str | Path, method: Method, *, workers: int, repeats:
     Both get the same compute: what ``samples`` full trials of the study cost on average, so a
     method that stops trials early tries more configs within it.
     """
+    from study.location import as_location
     from study.spec import read_study_json
     from trainer.config import ConfigError
 
-    folder = Path(folder)
+    folder = as_location(folder)
     spec = read_study_json(folder)
     try:
         table = CurveTable.from_study(folder)

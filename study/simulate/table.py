@@ -16,13 +16,16 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 
 from study.records import FINISHED
+
+if TYPE_CHECKING:
+    from study.location import Location
 from study.rung_ranks import spearman
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class CurveTable:
         return cls.from_arrow(pq.read_table(path))
 
     @classmethod
-    def from_study(cls, folder: str | Path) -> "CurveTable":
+    def from_study(cls, folder: "str | Path | Location") -> "CurveTable":
         """The full curves of one study's own trials (``semiseg-study simulate``)."""
         return cls.from_arrow(pa.Table.from_pylist(study_curves(folder)))
 
@@ -133,16 +136,17 @@ def config_id(params: str) -> str:
     return hashlib.sha256(json.dumps(json.loads(params), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def study_curves(folder: str | Path) -> list[dict[str, Any]]:
+def study_curves(folder: "str | Path | Location") -> list[dict[str, Any]]:
     """The table's rows of one study: one per evaluation, with its trial's config and outcome.
 
     ``full_budget`` marks the trials that finished (ran to ``max_iters``); the others'
     rows are kept, since a growing table is committed while its study runs.
     """
+    from study.location import as_location
     from study.spec import read_study_json
     from study.store import ResultStore
 
-    folder = Path(folder)
+    folder = as_location(folder)
     spec = read_study_json(folder)
     store = ResultStore(folder, spec.name)
     trials = {t["trial_id"]: t for t in store.trials().to_pylist()}
@@ -217,7 +221,7 @@ def validate_nearest(table: CurveTable) -> dict[str, Any]:
 
 
 
-def measured_startup(study_folder: str | Path) -> float:
+def measured_startup(study_folder: "str | Path | Location") -> float:
     """The median per-trial start-up overhead of a study, in seconds, from its Parquet store.
 
     Per trial: the driver's ``started`` timestamp to the driver's receipt of the first report,
@@ -228,9 +232,10 @@ def measured_startup(study_folder: str | Path) -> float:
     of ``time_total_s - train_seconds`` from one report to the next. The median over trials
     keeps a trial that waited on a busy machine from setting the figure.
     """
+    from study.location import as_location
     from study.store import ResultStore
 
-    folder = Path(study_folder)
+    folder = as_location(study_folder)
     store = ResultStore(folder, folder.name)
     started = {t["trial_id"]: t["started"] for t in store.trials().to_pylist() if t["started"] is not None}
     reports: dict[str, list[dict[str, Any]]] = {}

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -47,8 +48,10 @@ def main(root: str) -> None:
         deadline = time.monotonic() + 240
         while removed is None and thread.is_alive() and time.monotonic() < deadline:
             if (Path(root) / "nodes" / "results" / "reports").is_dir():
-                nodes = [r["node"] for r in store.reports().to_pylist()]
-                if sum(worker_id in node for node in nodes) >= 2:  # a trial there has checkpointed twice
+                there = Counter(r["trial_id"] for r in store.reports().to_pylist() if worker_id in r["node"])
+                # A trial there has reported twice: Tune asks for its next result only once the first
+                # result's checkpoint is registered, so that trial has one to resume from.
+                if there and max(there.values()) >= 2:
                     cluster.remove_node(worker)
                     removed = time.time()
             time.sleep(0.05)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pyarrow.dataset as ds
@@ -52,13 +53,19 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     run_study(StudySpec(name="resume"), root, resume=True, progress=False, say=lambda _: None)
     folder = root / "resume"
     all_trials = ds.dataset(folder / "results" / "trials").to_table().to_pylist()
+    rows = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
+    spec = read_study_json(folder)
+    study = optuna.load_study(study_name=spec.study_id, storage=f"sqlite:///{folder / 'optuna.db'}")
+    _each_trial_once_and_optuna_agrees(all_trials, rows, study)
+
+
+def _each_trial_once_and_optuna_agrees(all_trials: list[dict], rows: list[dict], study: optuna.Study) -> None:
     # A trial started in the last second before the kill may be unknown to Tune's snapshot:
     # it is recorded as lost and its place sampled again.
     lost = [t for t in all_trials if "driver died" in (t["stop_reason"] or "")]
     trials = [t for t in all_trials if t not in lost]
     assert len(trials) == 6 and len(lost) <= 1
     assert {t["status"] for t in all_trials} <= {"finished", "stopped"}
-    rows = ds.dataset(folder / "results" / "reports").to_table().to_pylist()
     keys = [(r["trial_id"], r["iteration"]) for r in rows]
     assert len(keys) == len(set(keys))
     for t in trials:  # every evaluation of every trial is there, once
@@ -66,8 +73,6 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
         assert mine == list(range(3, t["iterations"] + 1, 3))
 
     # Optuna agrees: one trial per Parquet trial, same params, same outcome; lost ones failed.
-    spec = read_study_json(folder)
-    study = optuna.load_study(study_name=spec.study_id, storage=f"sqlite:///{folder / 'optuna.db'}")
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
     told = [t for t in study.trials if t.state in STATES.values()]
     assert len(told) == len(trials)
@@ -83,3 +88,55 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     # but never started before the kill is failed too, and has no Parquet row.
     failed = [o.params for o in study.trials if o.state == optuna.trial.TrialState.FAIL]
     assert all(json.loads(t["params"]) in failed for t in lost)
+
+
+def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_local, s3_server, tmp_path):
+    """``--dir s3://...``: the driver is SIGKILLed mid-study, and a driver in another folder, with an
+    empty HOME and an empty cache (no Optuna working copy, no Tune staging files), resumes it."""
+    import pyarrow.fs as pafs
+
+    from conftest import S3_SECRET
+
+    endpoint, make_bucket = s3_server
+    root = make_bucket("killed").replace("s3://killed", "s3://killed/studies")
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    address = ray_local.get_runtime_context().gcs_address
+    assignments = [f"{k}={json.dumps(v)}" for k, v in FIXED.items()]
+    first, second = tmp_path / "first", tmp_path / "second"
+    env = {}
+    for folder in (first, second):
+        (folder / "home").mkdir(parents=True)
+        env[folder] = dict(os.environ, HOME=str(folder / "home"), SEMISEG_CACHE=str(folder / "home" / "cache"),
+                           PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        token = Path.home() / ".ray" / "auth_token"  # the session Ray's token: the cluster's, not the study's
+        if token.is_file():
+            env[folder].setdefault("RAY_AUTH_TOKEN_PATH", str(token))
+    command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", root, "--space", str(space),
+               "--samples", "6", "--max-iters", "30", "--grace", "9", "--reduction", "3", "--concurrency", "2",
+               "--address", address, "--quiet", "--keep-checkpoints", "0", "--set", *assignments]
+    driver = subprocess.Popen(command, cwd=first, env=env[first], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    reports = "killed/studies/resume/results/reports"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        parts = fs.get_file_info(pafs.FileSelector(reports, allow_not_found=True))
+        if len(parts) >= 6:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the study ended before it could be interrupted: " + driver.stderr.read()[-500:]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+
+    resumed = subprocess.run([sys.executable, "-m", "study", "run", "--resume", "resume", "--dir", root, "--quiet"],
+                             cwd=second, env=env[second], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert S3_SECRET not in resumed.stdout + resumed.stderr
+    all_trials = ds.dataset("killed/studies/resume/results/trials", filesystem=fs).to_table().to_pylist()
+    rows = ds.dataset(reports, filesystem=fs).to_table().to_pylist()
+    spec = json.loads(fs.open_input_stream("killed/studies/resume/study.json").read())["spec"]
+    snapshot = tmp_path / "optuna.db"
+    snapshot.write_bytes(fs.open_input_stream("killed/studies/resume/optuna.db").read())
+    study = optuna.load_study(study_name=spec["study_id"], storage=f"sqlite:///{snapshot}")
+    _each_trial_once_and_optuna_agrees(all_trials, rows, study)

@@ -32,7 +32,9 @@ def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(t
         assert sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(6, 61, 6))
 
     # The trials that were on the worker when it went: restarted (counted in Parquet) on the head
-    # node; those that had reported there continue from their last checkpoint, not from iteration 0.
+    # node from the last checkpoint Tune had registered. Tune registers a checkpoint only after the
+    # callbacks have stored its result (a separate save step), so a node that dies in between costs
+    # that one evaluation: it is trained again, and its row, stored already, is not written twice.
     moved = [t for t in trials if (t["retries"] or 0) > 0]
     assert moved, "no trial was running on the removed node"
     # Where each evaluation ran comes from Parquet (Tune's result.json sometimes loses the lines a
@@ -44,8 +46,11 @@ def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(t
         if not on_worker:
             continue  # it started there but died before its first checkpoint: it began again
         after = [r for r in seen["results"][t["trial_id"]] if worker not in r[1]]  # in Tune's order
-        assert after and after[0][0] > 6 and after[0][0] - 6 in on_worker, (t["trial_id"], on_worker, after[:2])
+        assert after, (t["trial_id"], on_worker)
+        resumed_from = after[0][0] - 6  # the checkpoint it continued from; 0: it began again
+        assert resumed_from in on_worker | {0}, (t["trial_id"], on_worker, after[:2])
+        assert resumed_from >= max(on_worker) - 6, (t["trial_id"], on_worker, after[:2])  # one evaluation lost at most
         assert worker not in t["node"]
-        resumed += 1
+        resumed += resumed_from > 0
     assert resumed >= 1, json.dumps({"worker": worker, "moved": [(t["trial_id"], t["retries"], t["node"]) for t in moved],
                                      "results": seen["results"]})[:6000]

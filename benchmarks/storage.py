@@ -1,0 +1,109 @@
+"""What a study in object storage costs: the same tiny study with a local --dir and with s3://.
+
+The S3 server is moto's (the test extras, in its own process) on 127.0.0.1, reached by pyarrow's real S3 client,
+so the figures are an S3 protocol's overhead without a network's latency. One Ray for both
+studies (started first, so that neither pays its start-up).
+
+    PYTHONPATH=. python benchmarks/storage.py     # 16 trials each, 200 store parts
+    python benchmarks/storage.py --trials 8 --parts 50
+
+Prints a Markdown table: the study's wall time, then the store alone: parts written per
+second (one report row each, as the driver writes them), and whole-table reads per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+TINY = {"image_size": 32, "digits_scenes": 64, "digits_eval_scenes": 16, "batch_labeled": 4, "batch_unlabeled": 4,
+        "eval_every": 3, "pretrained": "none", "ramp_up": 2, "bank_lead": 1, "confidence_threshold": 0.0,
+        "bank_size": 16, "labeled_fraction": 0.25}
+
+
+def study_seconds(root: str, name: str, trials: int) -> float:
+    from study.run import run_study
+    from study.spec import StudySpec
+
+    spec = StudySpec(name=name, space="contrastive", samples=trials, max_iters=12, grace=3, reduction=2.0,
+                     concurrency=2, fixed=dict(TINY), seed=0)
+    started = time.monotonic()
+    run_study(spec, root, progress=False, say=lambda _: None)
+    return time.monotonic() - started
+
+
+def store_rates(root: str, parts: int) -> tuple[float, float]:
+    """(parts written per second, whole reports table read per second)."""
+    from study.location import parse
+    from study.store import ResultStore
+
+    store = ResultStore(parse(root) / "store-bench", "store-bench")
+    row = {"trial_id": "t", "time_total_s": 1.0, "timestamp": dt.datetime.now(dt.timezone.utc), "val_miou": 0.5,
+           "iou": [0.5] * 11, "bank_fill": [1.0] * 11, "node": "127.0.0.1", "config.lr": 0.01}
+    started = time.monotonic()
+    for i in range(parts):
+        store.append_reports([{**row, "iteration": i}])
+    written = parts / (time.monotonic() - started)
+    reads, started = 0, time.monotonic()
+    while time.monotonic() - started < 3 or reads < 3:
+        assert ResultStore(store.study_dir, "store-bench").reports().num_rows == parts
+        reads += 1
+    return written, reads / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--parts", type=int, default=200)
+    args = parser.parse_args()
+
+    import pyarrow.fs as pafs
+    import ray
+
+    # Its own process, as a real object store is: in the driver's, it would compete for the GIL.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir("bench")
+    roots = {"local": tempfile.mkdtemp(prefix="storage-bench-"),
+             "s3 (moto, loopback)": f"s3://bench/studies?endpoint_override={endpoint}&scheme=http"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
+        rows = []
+        for label, root in roots.items():
+            wall = study_seconds(root, "bench", args.trials)
+            written, read = store_rates(root, args.parts)
+            rows.append((label, wall, written, read))
+    finally:
+        ray.shutdown()
+        server.kill()  # the server this script started, by its own handle
+        server.wait(timeout=30)
+    base = rows[0][1]
+    print(f"| --dir | study wall s ({args.trials} trials) | overhead | parts written / s | "
+          f"table reads / s ({args.parts} parts) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, wall, written, read in rows:
+        print(f"| {label} | {wall:.1f} | {100 * (wall - base) / base:+.1f}% | {written:.0f} | {read:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Where a study lives: a local folder (or NFS path), or a URI that ``pyarrow.fs`` opens.
+
+``--dir`` is parsed once into a ``Location``; every file of a study (study.json, the
+Parquet parts, ASHA's rungs, the Optuna snapshot, the report) is read and written through
+it, and Ray Tune gets its ``(filesystem, path)`` pair. A Location is a value: it pickles
+as its URI (never as a filesystem object, which could carry credentials), and builds its
+pyarrow filesystem on first use in whichever process it lands in, with the credentials
+that process finds (environment, credential files, instance role).
+
+Writes are all-or-nothing everywhere: locally through ``trainer.atomic`` (temp file,
+fsync, rename); on an object store, which has no rename, the bytes are produced whole in
+memory first and sent as one object under their final key, so a reader sees the whole
+object or none (S3 makes an object visible only once its upload completes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from trainer.atomic import atomic_write
+from trainer.config import ConfigError
+
+# Query options that would put a secret into study.json, Tune's files and every log line.
+_SECRET_OPTIONS = ("key", "secret", "token", "password", "credential")
+HINT = "e.g. s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http, gs://bucket/prefix or a local folder"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder of a local disk (``base`` an absolute path) or of a remote filesystem
+    (``base`` ``scheme://bucket/path``, ``query`` its URI options, kept for every child)."""
+
+    base: str
+    query: str = ""
+
+    # --- naming ---------------------------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return "://" not in self.base
+
+    @property
+    def uri(self) -> str:
+        """What pyarrow's ``FileSystem.from_uri`` opens: this location anywhere (no secret in it)."""
+        return self.base + (f"?{self.query}" if self.query else "")
+
+    def __str__(self) -> str:
+        return self.base if self.local else self.uri
+
+    def __truediv__(self, name: str) -> "Location":
+        if self.local:
+            return Location(str(Path(self.base) / name))
+        return Location(f"{self.base.rstrip('/')}/{name}", self.query)
+
+    @property
+    def name(self) -> str:
+        return self.base.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> "Location":
+        if self.local:
+            return Location(str(Path(self.base).parent))
+        return Location(self.base.rstrip("/").rsplit("/", 1)[0], self.query)
+
+    @property
+    def path(self) -> Path:
+        """The local folder; only for a local location."""
+        if not self.local:
+            raise ValueError(f"{self} is not a local path")
+        return Path(self.base)
+
+    # --- the filesystem ---------------------------------------------------------------
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return pafs.LocalFileSystem() if self.local else _filesystem(self.base.split("://", 1)[0],
+                                                                      self.query, _bucket(self.base))
+
+    @property
+    def fs_path(self) -> str:
+        """The path inside ``fs`` (``bucket/prefix/...`` on S3)."""
+        return os.path.abspath(self.base) if self.local else self.base.split("://", 1)[1].rstrip("/")
+
+    def info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.fs_path)
+        except (OSError, pa.ArrowException) as err:
+            raise ConfigError(f"{self}: cannot read it ({_first_line(err)})") from None
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        if not self.local:  # an object store has prefixes, not folders: one that holds an object counts
+            return bool(self.list())
+        return self.info().type == pafs.FileType.Directory
+
+    def list(self) -> list[tuple[str, bool]]:
+        """(name, is a file) of each entry directly in this folder, sorted; [] if there is none."""
+        try:
+            entries = self.fs.get_file_info(pafs.FileSelector(self.fs_path, allow_not_found=True))
+        except (OSError, pa.ArrowException) as err:
+            raise ConfigError(f"{self}: cannot list it ({_first_line(err)})") from None
+        return sorted((e.base_name, e.type == pafs.FileType.File) for e in entries)
+
+    # --- reading and writing ----------------------------------------------------------
+    def read_bytes(self) -> bytes:
+        if self.local:
+            return self.path.read_bytes()
+        with self.fs.open_input_stream(self.fs_path) as stream:
+            return stream.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        """All-or-nothing: atomic rename locally, one whole object under its final key remotely."""
+        if self.local:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.path) as handle:
+                handle.write(data)
+            return
+        with self.fs.open_output_stream(self.fs_path) as stream:
+            stream.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    def delete(self) -> None:
+        """Remove this file; one that is gone already is fine."""
+        try:
+            self.fs.delete_file(self.fs_path)
+        except FileNotFoundError:
+            pass
+
+    def mkdir(self) -> None:
+        if self.local:
+            self.path.mkdir(parents=True, exist_ok=True)
+        # An object store makes prefixes as objects land under them.
+
+
+def as_location(where: "str | os.PathLike[str] | Location") -> Location:
+    """``where`` as a Location: a Location as it is, else ``parse`` it."""
+    return where if isinstance(where, Location) else parse(where)
+
+
+def parse(text: "str | os.PathLike[str]") -> Location:
+    """``--dir``: a local path, ``file://PATH`` or a URI of a pyarrow filesystem; ConfigError if it
+    cannot be one (unknown scheme, a typo in its options, credentials inside it)."""
+    text = os.fspath(text)
+    if text.startswith("file://"):
+        text = urllib.parse.unquote(text.removeprefix("file://"))
+    if "://" not in text:
+        return Location(str(Path(text).expanduser()))  # as given: messages name it as the user wrote it
+    parts = urllib.parse.urlsplit(text)
+    if "@" in parts.netloc:
+        raise ConfigError(f"--dir {parts.scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in the "
+                          "URI would be stored with the study; put them where pyarrow and boto look "
+                          "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)")
+    options = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    secret = [k for k in options if any(word in k.lower() for word in _SECRET_OPTIONS)]
+    if secret:
+        raise ConfigError(f"--dir option {secret[0]!r}: a secret in the URI would be stored with the study; "
+                          "give credentials through the environment or the provider's credential files")
+    if not parts.netloc:
+        raise ConfigError(f"--dir {text!r}: no bucket in the URI; {HINT}")
+    location = Location(f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}", parts.query)
+    try:
+        pafs.FileSystem.from_uri(location.uri)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ConfigError(f"--dir {location}: {_first_line(err)}; {HINT}") from None
+    return location
+
+
+def check_reachable(location: Location, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, on a location that cannot be used: an endpoint that does not
+    answer (the S3 client would retry for a minute), a bucket that does not exist, refused credentials."""
+    if location.local:
+        return
+    options = urllib.parse.parse_qs(location.query)
+    endpoint = (options.get("endpoint_override") or [""])[0]
+    if endpoint:
+        host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "")
+        scheme = (options.get("scheme") or ["https"])[0]
+        port_number = int(port) if port.isdigit() else (80 if scheme == "http" else 443)
+        try:
+            socket.create_connection((host or endpoint, port_number), timeout=timeout).close()
+        except OSError as err:
+            raise ConfigError(f"--dir {location}: the endpoint {endpoint} does not answer "
+                              f"({err.strerror or err}); start the object store or fix endpoint_override") from None
+    bucket = location.fs_path.split("/", 1)[0]
+    try:
+        kind = location.fs.get_file_info(bucket).type
+    except (OSError, pa.ArrowException) as err:
+        raise ConfigError(f"--dir {location}: the object store refused ({_first_line(err)}); check the "
+                          "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials) and the "
+                          "region") from None
+    if kind == pafs.FileType.NotFound:
+        raise ConfigError(f"--dir {location}: the bucket {bucket!r} does not exist; create it first "
+                          "(the study never creates buckets)")
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(scheme: str, query: str, bucket: str) -> pafs.FileSystem:
+    # One client per (scheme, options, bucket) and process: S3 clients are costly to make.
+    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))[0]
+
+
+def _bucket(base: str) -> str:
+    return base.split("://", 1)[1].split("/", 1)[0]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]

@@ -1,0 +1,213 @@
+"""A study that lives in object storage: moto's S3 server on 127.0.0.1, pyarrow's real S3 client.
+
+One tiny study runs with ``--dir s3://...``; then ``status``, ``report``, ``retrain`` and ``export``
+work from the URI alone, a driver with an empty HOME and cache resumes it from another
+folder, no object holds the credentials, and bad locations fail in seconds with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import S3_SECRET, tiny_overrides
+from study.cli import main
+
+TINY = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
+TINY.pop("iterations")
+SET = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+SPACE = """
+paper_point: {lr: 0.01, bank_size: 16}
+params:
+  lr: {type: float, low: 0.0001, high: 0.3, log: true}
+  bank_size: {type: int, low: 4, high: 64, log: true}
+"""
+
+
+def _objects(fs: pafs.S3FileSystem, prefix: str) -> dict[str, bytes]:
+    infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    out = {}
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                out[info.path] = stream.read()
+    return out
+
+
+def _fs(endpoint: str) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+
+
+@pytest.fixture(scope="module")
+def s3_study(ray_local, s3_server, tmp_path_factory):
+    """A finished 3-trial study in s3://studies/team/s3tiny, and everything its commands printed."""
+    endpoint, make_bucket = s3_server
+    bucket = make_bucket("studies")
+    root = bucket.replace("s3://studies", "s3://studies/team")
+    work = tmp_path_factory.mktemp("s3work")
+    space = work / "tiny.yaml"
+    space.write_text(SPACE)
+    argv = ["run", "--name", "s3tiny", "--dir", root, "--space", str(space), "--samples", "3", "--max-iters", "12",
+            "--grace", "3", "--reduction", "2", "--concurrency", "2", "--quiet", "--set", *SET]
+    return endpoint, root, work, argv
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_a_study_in_s3_runs_and_every_command_works_from_the_uri(s3_study, capsys):
+    endpoint, root, work, argv = s3_study
+    code, out = _run(argv, capsys)
+    assert code == 0, out
+    assert "3 trials" in out
+    fs = _fs(endpoint)
+    stored = _objects(fs, "studies/team/s3tiny")
+    names = set(stored)
+    for wanted in ("study.json", "optuna.db", "asha_rungs.json", "results/trials/trials.parquet"):
+        assert f"studies/team/s3tiny/{wanted}" in names, sorted(names)
+    assert any(n.startswith("studies/team/s3tiny/results/reports/part-") for n in names)
+    assert any("/tune/s3tiny/" in n and "checkpoint" in n for n in names)  # trial checkpoints in the bucket
+    assert not any(n.endswith(".tmp") for n in names)
+
+    outputs = [out]
+    for command in (["status", "s3tiny", "--dir", root],
+                    ["report", "s3tiny", "--dir", root],
+                    ["report", "s3tiny", "--dir", root, "-o", str(work / "local.html")],
+                    ["export", "s3tiny", "--dir", root, "-o", str(work / "best.json")],
+                    ["retrain", "s3tiny", "--dir", root, "--top", "1", "--seeds", "1", "--quiet"]):
+        code, text = _run(command, capsys)
+        assert code == 0, (command, text)
+        outputs.append(text)
+    assert "finished" in outputs[1] or "stopped" in outputs[1]
+    assert (work / "local.html").is_file() and json.loads((work / "best.json").read_text())["seed"] == 0
+    stored = _objects(fs, "studies/team/s3tiny")
+    assert "studies/team/s3tiny/report.html" in stored
+    assert any(n.startswith("studies/team/s3tiny/retrain/part-") for n in stored)
+
+    # pyarrow (and pandas through it) read the store from the URI, query options and all.
+    uri = root.replace("s3://studies/team", "s3://studies/team/s3tiny/results/reports")
+    reports = pads.dataset(uri, format="parquet").to_table().to_pylist()
+    keys = [(r["trial_id"], r["iteration"]) for r in reports]
+    assert keys and len(keys) == len(set(keys))  # each (trial, iteration) once
+    pandas = pytest.importorskip("pandas")
+    assert len(pandas.read_parquet("studies/team/s3tiny/results/reports", filesystem=fs)) == len(reports)
+
+    # No object of the study, and no line of output, holds the secret key.
+    leaks = [n for n, data in stored.items() if S3_SECRET.encode() in data]
+    assert not leaks and not any(S3_SECRET in text for text in outputs)
+    _optuna_agrees_with_parquet(stored, work, root)
+
+
+def _optuna_agrees_with_parquet(stored: dict[str, bytes], work: Path, root: str) -> None:
+    """The snapshot in the bucket holds every trial, in the state that Parquet gives it."""
+    import optuna
+
+    from study.location import parse
+    from study.store import ResultStore
+
+    db = work / "snapshot.db"
+    db.write_bytes(stored["studies/team/s3tiny/optuna.db"])
+    spec = json.loads(stored["studies/team/s3tiny/study.json"])["spec"]
+    study = optuna.load_study(study_name=spec["study_id"], storage=f"sqlite:///{db}")
+    trials = ResultStore(parse(root) / "s3tiny", "s3tiny").trials().to_pylist()
+    expected = {"finished": "COMPLETE", "stopped": "PRUNED"}
+    assert sorted(t.state.name for t in study.trials) == sorted(expected[t["status"]] for t in trials)
+    assert len(trials) == 3
+
+
+def test_a_driver_elsewhere_resumes_with_only_the_uri(s3_study, capsys, tmp_path):
+    """Another working folder, an empty HOME and an empty cache: the URI is all it has."""
+    endpoint, root, work, argv = s3_study
+    fs = _fs(endpoint)
+    if not fs.get_file_info("studies/team/s3tiny/study.json").is_file:
+        code, out = _run(argv, capsys)
+        assert code == 0, out
+    before = pads.dataset("studies/team/s3tiny/results/reports", filesystem=fs, format="parquet").count_rows()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEMISEG_", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), SEMISEG_CACHE=str(home / "cache"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-m", "study", "run", "--resume", "s3tiny", "--dir", root, "--quiet"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 trials" in result.stdout
+    after = pads.dataset("studies/team/s3tiny/results/reports", filesystem=fs, format="parquet").to_table()
+    keys = list(zip(after.column("trial_id").to_pylist(), after.column("iteration").to_pylist()))
+    assert len(keys) == len(set(keys)) == before  # nothing stored twice, nothing lost
+    assert (home / "cache" / "optuna").is_dir()  # the snapshot was downloaded into this driver's cache
+    assert S3_SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("foo://bucket/p", "Unrecognized filesystem type"),
+    ("s3://studies/p?endpoint_overide=ENDPOINT&scheme=http", "endpoint_overide"),
+    ("s3://no-such-bucket/p?endpoint_override=ENDPOINT&scheme=http", "bucket 'no-such-bucket' does not exist"),
+    ("s3://studies/p?endpoint_override=127.0.0.1:CLOSED&scheme=http", "does not answer"),
+    ("s3://key:secret@studies/p?endpoint_override=ENDPOINT&scheme=http", "credentials in the URI"),
+    ("s3://studies/p?endpoint_override=ENDPOINT&scheme=http&secret_key=x", "secret"),
+])
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_bad_location_is_one_line_in_seconds_and_creates_nothing(where, expected, command, s3_server, capsys):
+    import socket
+
+    endpoint, make_bucket = s3_server
+    make_bucket("studies")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    where = where.replace("ENDPOINT", endpoint).replace("CLOSED", str(closed))
+    before = set(_objects(_fs(endpoint), "studies"))
+    argv = ["run", "--name", "bad", "--dir", where, "--samples", "1"] if command == "run" else \
+        ["status", "bad", "--dir", where]
+    started = time.monotonic()
+    assert main(argv) == 2
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert "secret" not in err.replace(expected, "") or expected == "secret"
+    assert elapsed < 15, elapsed
+    assert set(_objects(_fs(endpoint), "studies")) == before
+
+
+def test_wrong_credentials_are_one_line(s3_server, capsys, monkeypatch):
+    """moto checks keys only once its IAM has users: a key it never issued is refused."""
+    from moto import settings
+
+    from study import location
+
+    endpoint, make_bucket = s3_server
+    uri = make_bucket("studies").replace("s3://studies", "s3://studies/p")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    location._filesystem.cache_clear()  # a client made with the right keys must not answer for these
+    try:
+        assert main(["status", "x", "--dir", uri]) == 2
+    finally:
+        location._filesystem.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused" in err and "credentials" in err, err
+
+
+@pytest.mark.parametrize("url, bare, password", [
+    ("postgresql://u:p%40ss@db.example:5432/optuna?sslmode=require", "postgresql://u@db.example:5432/optuna?sslmode=require",
+     "p@ss"),
+    ("postgresql://u@db/optuna", "postgresql://u@db/optuna", None),
+    ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db", None),
+])
+def test_a_storage_url_is_kept_without_its_password(url, bare, password):
+    from study.optuna_storage import split_password
+
+    assert split_password(url) == (bare, password)
