@@ -1,7 +1,10 @@
 """A study on a two-node Ray cluster (loopback) whose worker node is removed mid-study.
 
-Run by test_node_loss.py in its own process (it starts and stops its own Ray). Prints one
-JSON line: the worker node's id, when it was removed, and Tune's results per trial.
+The study lives in object storage (moto's S3 server on 127.0.0.1, in this process), so the
+trials of the removed node can only continue from checkpoints that Tune uploaded there.
+Run by test_node_loss.py in its own process (it starts and stops its own Ray and S3). Prints
+one JSON line: the worker node's id, when it was removed, the study's URI, and Tune's
+results per trial.
 """
 
 import json
@@ -15,16 +18,25 @@ from pathlib import Path
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides  # noqa: E402  (also sets the S3 test credentials, which the nodes inherit)
+from study.location import parse  # noqa: E402
 from study.run import run_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from study.store import ResultStore  # noqa: E402
 
 
-def main(root: str) -> None:
+def main() -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True)
+    s3.create_dir("nodes")
+    root = f"s3://nodes/studies?endpoint_override={host}:{port}&scheme=http"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2)
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
@@ -38,16 +50,17 @@ def main(root: str) -> None:
 
         def study() -> None:
             try:
-                run_study(spec, Path(root), progress=False, say=lambda _: None)
+                run_study(spec, root, progress=False, say=lambda _: None)
             except BaseException as err:  # noqa: BLE001 - reported by the main thread
                 errors.append(err)
 
         thread = threading.Thread(target=study)
         thread.start()
-        store, removed = ResultStore(Path(root) / "nodes", "nodes"), None
+        folder = parse(root) / "nodes"
+        store, removed = ResultStore(folder, "nodes"), None
         deadline = time.monotonic() + 240
         while removed is None and thread.is_alive() and time.monotonic() < deadline:
-            if (Path(root) / "nodes" / "results" / "reports").is_dir():
+            if store.reports_dir.is_dir():
                 there = Counter(r["trial_id"] for r in store.reports().to_pylist() if worker_id in r["node"])
                 # A trial there has reported twice: Tune asks for its next result only once the first
                 # result's checkpoint is registered, so that trial has one to resume from.
@@ -59,15 +72,24 @@ def main(root: str) -> None:
         if errors:
             raise errors[0]
         results = {}
-        for path in (Path(root) / "nodes" / "tune").rglob("result.json"):
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for name in (folder / "tune").fs.get_file_info(pafs.FileSelector((folder / "tune").fs_path, recursive=True)):
+            if not name.path.endswith("/result.json"):
+                continue
+            rows = [json.loads(line) for line in s3.open_input_stream(name.path).read().decode().splitlines()]
             for r in rows:
                 results.setdefault(r["trial_id"], []).append([r["iteration"], r["node"], r["timestamp"]])
-        print(json.dumps({"worker": worker_id, "removed": removed, "results": results}))
+        # The server goes with this process: what the test checks of the store travels in the JSON.
+        trials = store.trials().select(["trial_id", "status", "retries", "node"]).to_pylist()
+        reports = store.reports().select(["trial_id", "iteration", "node"]).to_pylist()
+        checkpoints = [i.path for i in s3.get_file_info(pafs.FileSelector("nodes/studies/nodes/tune", recursive=True))
+                       if i.path.endswith("/trainer.pt")]
+        print(json.dumps({"worker": worker_id, "removed": removed, "results": results, "trials": trials,
+                          "reports": reports, "checkpoints": len(checkpoints)}))
     finally:
         ray.shutdown()
         cluster.shutdown()
+        server.stop()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
