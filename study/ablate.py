@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from study.ranking import pick, ranked_study
 from study.records import config_columns, stored_config
-from study.retrain import gain_text, mean_std, mean_std_text, paired
+from study.retrain import compute_text, extra_compute, gain_per_compute, gain_text, mean_std, mean_std_text, paired
 from study.location import as_location
 from study.runs import fresh_seeds, run_on_ray
 from study.spec import StudySpec, read_study_json
@@ -48,7 +48,6 @@ WINNER, PAPER = "winner", "paper point"
 REFERENCE, LEAVE_OUT, ADD_IN = "reference", "leave out", "add in"
 MEASURED = ("test_miou", "val_miou", "test_iou", "train_seconds", "seconds_per_iteration", "images_per_second",
             "devices", "device_type", "node", "diverged")  # what a run's result brings to its row
-SAME_COST = 0.05  # a difference in seconds per iteration below 5% is within the timing noise of a shared machine
 
 
 @dataclass(frozen=True)
@@ -202,17 +201,6 @@ def _scores(measured: Measured) -> tuple[float, float]:
     return mean_std(list(measured.test.values())) if measured.test else (math.nan, math.nan)
 
 
-def extra_compute(cost: float, reference: float) -> float:
-    """How much more a run costs than the reference, as a fraction (0.5: 50% more seconds per iteration)."""
-    return cost / reference - 1.0
-
-
-def gain_per_compute(gain: float, extra: float) -> float | None:
-    """Gain (test mIoU, 0 to 1) per 100% more compute; None where the cost is the same within the noise
-    or lower (a gain then costs nothing, and a ratio would mislead)."""
-    return gain / extra if extra > SAME_COST else None  # NaN extra (no cost known) is not > either
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The latest plan as numbers: per group both contributions and costs, per variant its gain over the
     paper point and its cost against it."""
@@ -260,13 +248,6 @@ def diverged_text(measured: tuple[Measured, ...] | None) -> str:
     """A note of the seeds on which a run of the pair diverged (they are left out of the pairing)."""
     notes = [f"{m.label} diverged on seed {', '.join(map(str, m.diverged))}" for m in measured or () if m.diverged]
     return f" ({'; '.join(notes)})" if notes else ""
-
-
-def compute_text(extra: float, per_compute: float | None) -> tuple[str, str]:
-    share = f"{100 * extra:+.0f}%"
-    if per_compute is None:
-        return share, "no extra cost" if extra <= SAME_COST else "-"
-    return share, f"{100 * per_compute:+.1f}"
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:

@@ -89,6 +89,9 @@ def retrain(folder: "Location | Path", top: int = 3, seeds: int = 3, iterations:
 
 # --- the table ---------------------------------------------------------------------------------
 
+SAME_COST = 0.05  # a difference in seconds per iteration below 5% is within the timing noise of a shared machine
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
@@ -103,21 +106,52 @@ def paired(rows: dict[int, float], reference: dict[int, float]) -> tuple[float, 
     return mean, std, sum(g > 0 for g in gains), len(gains)
 
 
+def extra_compute(cost: float, reference: float) -> float:
+    """How much more a run costs than the reference, as a fraction (0.5: 50% more seconds per iteration)."""
+    return cost / reference - 1.0
+
+
+def gain_per_compute(gain: float, extra: float) -> float | None:
+    """Gain (test mIoU, 0 to 1) per 100% more compute; None where the cost is the same within the noise
+    or lower (a gain then costs nothing, and a ratio would mislead)."""
+    return gain / extra if extra > SAME_COST else None  # NaN extra (no cost known) is not > either
+
+
+def compute_text(extra: float, per_compute: float | None) -> tuple[str, str]:
+    """The 'extra compute' and 'gain per +100% compute' cells of a table."""
+    share = f"{100 * extra:+.0f}%"
+    if per_compute is None:
+        return share, "no extra cost" if extra <= SAME_COST else "-"
+    return share, f"{100 * per_compute:+.1f}"
+
+
+def _seconds_per_iteration(row: dict[str, Any]) -> float:
+    seconds = row.get("train_seconds")
+    return seconds / row["iterations"] if seconds is not None and row["iterations"] else math.nan
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per candidate: test mIoU mean and std over seeds, and paired gains over the two references."""
+    """Per candidate: test mIoU mean and std over seeds, paired gains over the two references, and its
+    cost (mean seconds per training iteration) against the paper point's."""
     by_candidate: dict[str, dict[int, float]] = {}
+    cost: dict[str, list[float]] = {}
     meta: dict[str, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: (r["rank"] is None, r["rank"] or 0, r["candidate"])):
         by_candidate.setdefault(row["candidate"], {})[row["seed"]] = row["test_miou"]
+        cost.setdefault(row["candidate"], []).append(_seconds_per_iteration(row))
         meta.setdefault(row["candidate"], row)
+    seconds = {label: statistics.fmean(values) for label, values in cost.items()}
     table = []
     for label, scores in by_candidate.items():
         mean, std = mean_std(list(scores.values()))
+        gain = paired(scores, by_candidate.get(PAPER, {})) if label != PAPER else None
+        extra = extra_compute(seconds[label], seconds[PAPER]) if PAPER in seconds and label != PAPER else math.nan
         table.append({"candidate": label, "source": meta[label]["source"], "seeds": len(scores),
-                      "test_miou": mean, "test_std": std,
-                      "gain_paper": paired(scores, by_candidate.get(PAPER, {})) if label != PAPER else None,
+                      "test_miou": mean, "test_std": std, "gain_paper": gain,
                       "gain_supervised": (paired(scores, by_candidate.get(SUPERVISED, {}))
-                                          if label != SUPERVISED else None)})
+                                          if label != SUPERVISED else None),
+                      "seconds_per_iteration": seconds[label], "extra": extra,
+                      "gain_per_compute": gain_per_compute(gain[0], extra) if gain else None})
     return table
 
 
@@ -134,8 +168,12 @@ def gain_text(gain: tuple[float, float, int, int] | None) -> str:
 
 def table_text(rows: list[dict[str, Any]]) -> str:
     """The retrain table as Markdown: README and the terminal show the same thing."""
-    lines = ["| config | test mIoU | gain over paper point | gain over supervised only |", "|---|---|---|---|"]
+    lines = ["| config | test mIoU | gain over paper point | gain over supervised only | s/it | extra compute "
+             "| gain per +100% compute |", "|---|---|---|---|---|---|---|"]
     for entry in summarise(rows):
+        share, per = ("-", "-") if math.isnan(entry["extra"]) else compute_text(entry["extra"],
+                                                                               entry["gain_per_compute"])
         lines.append(f"| {entry['candidate']} | {mean_std_text(entry['test_miou'], entry['test_std'])} "
-                     f"| {gain_text(entry['gain_paper'])} | {gain_text(entry['gain_supervised'])} |")
+                     f"| {gain_text(entry['gain_paper'])} | {gain_text(entry['gain_supervised'])} "
+                     f"| {entry['seconds_per_iteration']:.3f} | {share} | {per} |")
     return "\n".join(lines)

@@ -149,7 +149,11 @@ def test_retrain_scores_top_paper_and_supervised_on_paired_seeds(study):
     expected = sum(by[(f"#1 {best['trial_id']}", s)]["test_miou"] - by[(PAPER, s)]["test_miou"]
                    for s in (1000, 1001)) / 2
     assert gain == pytest.approx(expected)
-    assert "| paper point |" in table_text(rows)
+    # Its cost against the paper point's: mean seconds per training iteration over the seeds.
+    per_it = {c: sum(by[(c, s)]["train_seconds"] for s in (1000, 1001)) / 2 / 6 for c in summary}
+    assert summary[SUPERVISED]["seconds_per_iteration"] == pytest.approx(per_it[SUPERVISED])
+    assert summary[SUPERVISED]["extra"] == pytest.approx(per_it[SUPERVISED] / per_it[PAPER] - 1)
+    assert "| paper point |" in table_text(rows) and "gain per +100% compute" in table_text(rows)
     again = retrain(study, top=1, seeds=2, iterations=6, progress=False, say=lambda _: None)
     assert sorted(map(str, again)) == sorted(map(str, rows))  # a second call trains nothing new
     page = render(load_study(study))
