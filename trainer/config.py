@@ -177,6 +177,10 @@ class TrainConfig:
     official_jitter: bool = _spec(False, "colour jitter of strength s as in the official code (kornia "
                                   "ColorJitter(s, s, s/2, s/3)): saturation by up to s/2 and hue by up to s/3 of "
                                   "a turn, where the project's go up to s and s/2 of a turn")
+    official_dilation: bool = _spec(False, "ResNet networks: the first block of each dilated layer takes that layer's "
+                                    "dilation, as in the official DeepLab code (DeepLabv2: layer3 all 2, layer4 all 4), "
+                                    "where torchvision's keeps the previous layer's (layer3 1 then 2, layer4 2 then 4); "
+                                    "the output stride is unchanged; no effect on network=small")
     freeze_backbone_bn: bool = _spec(False, "the backbone's batch-norm scales and shifts are not trained (their "
                                      "running statistics still are), as in the official DeepLabv2")
 
