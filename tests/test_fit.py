@@ -39,7 +39,8 @@ def test_every_loss_term_is_active_after_the_ramp_up():
                                       "official_ema": True, "bank_selection": "per_batch",
                                       "official_class_weighted_mean": True, "class_balance": "batch",
                                       "official_jitter": True},
-                                     {"class_balance": "running"}])
+                                     {"class_balance": "running"},
+                                     {"class_balance": "running", "official_class_counts": True}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))
     for _ in range(6):
@@ -166,7 +167,7 @@ def test_per_batch_bank_selection_ranks_the_batch(monkeypatch):
     seen = {}
     monkeypatch.setattr(trainer.bank, "add", lambda features, classes, images, scores, quota, *rest:
                         seen.update(images=images, quota=quota))
-    images, labels = trainer._labeled_batch()
+    images, labels, _ = trainer._labeled_batch()
     trainer._update_bank(images, labels)
     assert seen["quota"] == 2 * len(images) and not bool(seen["images"].any())
 

@@ -128,6 +128,11 @@ class TrainConfig:
     class_balance: str = _spec("off", "class weights sqrt(median/frequency) on the CE terms after the "
                                "ramp-up: off, from each batch, or running over training",
                                choices=("off", "batch", "running"))
+    official_class_counts: bool = _spec(False, "class_balance=running counted as in the official code: the labeled "
+                                        "pixels (as loaded, before augmentation) of the first labeled epoch only, plus "
+                                        "the pseudo-labels of a sliding window of the last unlabeled epoch's steps; no "
+                                        "weights until both windows are full (the project counts every step's "
+                                        "augmented labeled batch and pseudo-labels from step 0); no effect otherwise")
     class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
     eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
     eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
