@@ -43,6 +43,7 @@ from trainer.models import SegmentationNet, build_model
 from trainer.models.backbones import freeze_batch_norm_affine
 from trainer.models.selectors import rescale_to_mean_one
 from trainer.progress import ProgressBars
+from trainer.reload_best import BestCheckpoint
 from trainer.teacher import ema_momentum, update_teacher
 
 CHECKPOINT_VERSION = 1
@@ -107,6 +108,8 @@ class Trainer:
             self.class_window = WindowedClassCounts(
                 self.num_classes, epoch_steps(len(self.data.labeled), cfg.batch_labeled),
                 epoch_steps(len(self.data.unlabeled), cfg.batch_unlabeled // 2), self.device)
+        self.best: BestCheckpoint | None = (BestCheckpoint(cfg.reload_best_after * cfg.iterations)
+                                            if cfg.reload_best_after else None)
         self.iteration = 0
         self.train_seconds = 0.0
         self._loss_sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
@@ -325,10 +328,22 @@ class Trainer:
                 self.reestimate_batch_norm(cfg.bn_reestimate)  # before the last evaluation sees them
             if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                 last = self.evaluation("val")
-                if on_evaluation is not None:
+                if self.best is not None:
+                    self._reload_best_on_plateau(last)
+                if on_evaluation is not None:  # after a reload: a checkpoint saved now holds its state
                     on_evaluation(last, self)
         self.close()
         return last
+
+    def _reload_best_on_plateau(self, evaluation: Evaluation) -> None:
+        """reload_best_after: keep the best evaluated network; when val stalls, it becomes student and
+        teacher again (recorded in ``evaluation.reloaded_best``). Not after the last evaluation,
+        which must describe the networks the run ends with."""
+        evaluated = {"teacher": self.teacher, "student": self.student}[self.cfg.eval_model]
+        stalled = self.best.observe(evaluation.miou, self.iteration, evaluated)
+        if stalled and self.iteration < self.cfg.iterations:
+            self.best.reload_into(self.student, self.teacher, iteration=self.iteration)
+            evaluation.reloaded_best = self.best.iteration
 
     def close(self) -> None:
         """Stop the data streams' worker processes (a later step starts them again)."""
@@ -409,6 +424,7 @@ class Trainer:
             "bank": self.bank.state_dict(),
             "class_counts": self.class_counts.clone(),
             **({"class_window": self.class_window.state_dict()} if self.class_window is not None else {}),
+            **({"best": self.best.state_dict()} if self.best is not None else {}),
             "data_generator": self.data_generator.get_state(),
             "aug_generator": self.aug_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -436,6 +452,10 @@ class Trainer:
             if "class_window" not in state:
                 raise CheckpointError("checkpoint holds no official class counts (official_class_counts was off)")
             self.class_window.load_state_dict(state["class_window"])
+        if self.best is not None:
+            if "best" not in state:
+                raise CheckpointError("checkpoint holds no best evaluation (reload_best_after was 0)")
+            self.best.load_state_dict(state["best"])
         self.data_generator.set_state(state["data_generator"])
         self.aug_generator.set_state(state["aug_generator"])
         torch.set_rng_state(state["torch_rng"])
