@@ -182,10 +182,11 @@ class TrainConfig:
     official_jitter: bool = _spec(False, "colour jitter of strength s as in the official code (kornia "
                                   "ColorJitter(s, s, s/2, s/3)): saturation by up to s/2 and hue by up to s/3 of "
                                   "a turn, where the project's go up to s and s/2 of a turn")
-    official_dilation: bool = _spec(False, "ResNet networks: the first block of each dilated layer takes that layer's "
-                                    "dilation, as in the official DeepLab code (DeepLabv2: layer3 all 2, layer4 all 4), "
-                                    "where torchvision's first block keeps the previous dilation (layer3 1 then 2, layer4 2 then 4); "
-                                    "the output stride is unchanged; no effect on network=small")
+    official_dilation: bool = _spec(False, "ResNet networks: the first block of each dilated layer takes that "
+                                    "layer's dilation, as in the official DeepLab code (DeepLabv2: layer3 all 2, "
+                                    "layer4 all 4), where torchvision's first block keeps the previous dilation "
+                                    "(layer3 1 then 2, layer4 2 then 4); the output stride is unchanged; no effect on "
+                                    "network=small")
     reload_best_after: float = _spec(0.0, "when val mIoU has not improved for more than this fraction of the "
                                      "iterations, the best evaluated network is loaded into student and teacher and "
                                      "training goes on (optimiser and learning rate as they are), as the official code "
