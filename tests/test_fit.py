@@ -39,7 +39,8 @@ def test_every_loss_term_is_active_after_the_ramp_up():
                                       "official_ema": True, "bank_selection": "per_batch",
                                       "official_class_weighted_mean": True, "class_balance": "batch",
                                       "official_jitter": True},
-                                     {"class_balance": "running"}])
+                                     {"class_balance": "running"},
+                                     {"class_balance": "running", "official_class_counts": True}])
 def test_variants_run(changes):
     trainer = Trainer(_cfg(**changes))
     for _ in range(6):
@@ -166,7 +167,7 @@ def test_per_batch_bank_selection_ranks_the_batch(monkeypatch):
     seen = {}
     monkeypatch.setattr(trainer.bank, "add", lambda features, classes, images, scores, quota, *rest:
                         seen.update(images=images, quota=quota))
-    images, labels = trainer._labeled_batch()
+    images, labels, _ = trainer._labeled_batch()
     trainer._update_bank(images, labels)
     assert seen["quota"] == 2 * len(images) and not bool(seen["images"].any())
 
@@ -195,3 +196,35 @@ def test_frozen_backbone_batch_norm_keeps_its_affine_parameters():
         assert torch.equal(m.weight, weight) and torch.equal(m.bias, bias)
         assert id(m.weight) not in optimised and not torch.equal(m.running_mean, mean)  # statistics still move
     assert not torch.equal(trainer.student.backbone.stem[0].weight, conv)
+
+
+def test_reload_best_after_a_plateau_restores_the_best_networks_and_records_it(tmp_path, monkeypatch):
+    # Evaluations at 2, 4, ..., 12 with val mIoU scripted: the best at 4, then a plateau. Patience
+    # 0.25 x 12 = 3 iterations: 8 - 4 > 3 reloads at 8; 12 - 8 > 3 too, but the last one never does.
+    scripted = iter([0.3, 0.5, 0.4, 0.4, 0.4, 0.4])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val", model=None: (next(scripted), [0.0]))
+    seen = {}
+
+    def on_evaluation(evaluation, trainer):
+        seen[evaluation.iteration] = {name: {k: v.clone() for k, v in net.state_dict().items()}
+                                      for name, net in (("student", trainer.student), ("teacher", trainer.teacher))}
+
+    cfg = _cfg(iterations=12, eval_every=2, reload_best_after=0.25)
+    fit(cfg, on_evaluation=on_evaluation, out=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert {r["iteration"]: r["reloaded_best"] for r in records} == {2: None, 4: None, 6: None, 8: 4, 10: None,
+                                                                     12: None}
+    best = seen[4]["teacher"]  # eval_model=teacher: the best is the teacher of iteration 4
+    _assert_same_state(best, seen[8]["student"])
+    _assert_same_state(best, seen[8]["teacher"])
+    assert not torch.equal(seen[8]["student"]["head.branches.0.weight"], seen[6]["student"]["head.branches.0.weight"])
+
+    resumed = Trainer(cfg)  # the plateau count and the best state travel with the checkpoint
+    resumed.load(tmp_path / "checkpoint.pt")
+    assert (resumed.best.iteration, resumed.best.since, resumed.best.miou) == (4, 8, 0.5)
+    _assert_same_state(best, resumed.best.state)
+
+    plain = []
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val", model=None: (0.1, [0.0]))
+    fit(_cfg(iterations=4, eval_every=1), on_evaluation=lambda e, t: plain.append(e.reloaded_best))
+    assert plain == [None] * 4  # reload_best_after=0, the default: never

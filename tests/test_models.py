@@ -22,6 +22,26 @@ def test_official_aspp_uses_two_branches():
     assert build_model(cfg.replace(official_aspp=True), 11).head.used == 2
 
 
+# (first block, second block) dilations of layer3 and layer4 of DeepLabv2-R101 at output stride 8.
+TORCHVISION_DILATIONS = {"layer3": (1, 2), "layer4": (2, 4)}
+OFFICIAL_DILATIONS = {"layer3": (2, 2), "layer4": (4, 4)}  # model/deeplabv2.py: every block of a layer alike
+
+
+@pytest.mark.parametrize("official, expected", [(False, TORCHVISION_DILATIONS), (True, OFFICIAL_DILATIONS)])
+def test_official_dilation_dilates_every_block_and_keeps_output_stride_8(official, expected):
+    cfg = TrainConfig.from_dict({"network": "deeplabv2_r101", "pretrained": "none", "official_dilation": official})
+    model = build_model(cfg, num_classes=3).eval()
+    for layer, (first, second) in expected.items():
+        blocks = getattr(model.backbone, layer)
+        assert blocks[0].conv2.dilation == (first, first) and blocks[0].conv2.padding == (first, first)
+        assert blocks[1].conv2.dilation == (second, second)
+        assert all(block.conv2.stride == (1, 1) for block in blocks)
+    side = 64
+    with torch.no_grad():
+        logits, features = model(torch.rand(1, 3, side, side))
+    assert logits.shape[2:] == features.shape[2:] == (side // 8, side // 8)
+
+
 def test_resnet_keys_are_torchvisions():
     keys = set(resnet50().state_dict())
     for key in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",

@@ -128,6 +128,11 @@ class TrainConfig:
     class_balance: str = _spec("off", "class weights sqrt(median/frequency) on the CE terms after the "
                                "ramp-up: off, from each batch, or running over training",
                                choices=("off", "batch", "running"))
+    official_class_counts: bool = _spec(False, "class_balance=running counted as in the official code: the labeled "
+                                        "pixels (as loaded, before augmentation) of the first labeled epoch only, plus "
+                                        "the pseudo-labels of a sliding window of the last unlabeled epoch's steps; no "
+                                        "weights until both windows are full (the project counts every step's "
+                                        "augmented labeled batch and pseudo-labels from step 0); no effect otherwise")
     class_balance_labeled: bool = _spec(True, "apply the class weights to the labeled CE as well")
     eval_model: str = _spec("teacher", "which network is evaluated", choices=("teacher", "student"))
     eval_flip: bool = _spec(False, "evaluate on the mean of the logits of each image and its mirror image")
@@ -177,6 +182,16 @@ class TrainConfig:
     official_jitter: bool = _spec(False, "colour jitter of strength s as in the official code (kornia "
                                   "ColorJitter(s, s, s/2, s/3)): saturation by up to s/2 and hue by up to s/3 of "
                                   "a turn, where the project's go up to s and s/2 of a turn")
+    official_dilation: bool = _spec(False, "ResNet networks: the first block of each dilated layer takes that "
+                                    "layer's dilation, as in the official DeepLab code (DeepLabv2: layer3 all 2, "
+                                    "layer4 all 4), where torchvision's first block keeps the previous dilation "
+                                    "(layer3 1 then 2, layer4 2 then 4); the output stride is unchanged; no effect on "
+                                    "network=small")
+    reload_best_after: float = _spec(0.0, "when val mIoU has not improved for more than this fraction of the "
+                                     "iterations, the best evaluated network is loaded into student and teacher and "
+                                     "training goes on (optimiser and learning rate as they are), as the official code "
+                                     "does with 0.2; recorded as reloaded_best in metrics.jsonl (0 = never)",
+                                     low=0.0, high=1.0)
     freeze_backbone_bn: bool = _spec(False, "the backbone's batch-norm scales and shifts are not trained (their "
                                      "running statistics still are), as in the official DeepLabv2")
 

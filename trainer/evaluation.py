@@ -12,7 +12,7 @@ LOSS_PARTS = ("supervised", "pseudo_label", "entropy", "contrastive_labeled", "c
 
 @dataclass
 class Evaluation:
-    """What one evaluation reports: the study stores every field of it."""
+    """What one evaluation reports: the study stores every field of it but ``reloaded_best``."""
 
     iteration: int
     split: str
@@ -24,6 +24,9 @@ class Evaluation:
     lr: float
     train_seconds: float             # training time so far, evaluations excluded
     test_miou: float | None = None   # with eval_test only: the test split scored at the same point
+    # With reload_best_after only: the iteration of the best evaluation whose networks were
+    # reloaded right after this one. In metrics.jsonl; the study's reports table has no column for it.
+    reloaded_best: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

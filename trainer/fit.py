@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from trainer import losses
 from trainer.atomic import atomic_write
+from trainer.class_counts import WindowedClassCounts, epoch_steps
 from trainer.config import ConfigError, TrainConfig, first_line
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
@@ -42,6 +43,7 @@ from trainer.models import SegmentationNet, build_model
 from trainer.models.backbones import freeze_batch_norm_affine
 from trainer.models.selectors import rescale_to_mean_one
 from trainer.progress import ProgressBars
+from trainer.reload_best import BestCheckpoint
 from trainer.teacher import ema_momentum, update_teacher
 
 CHECKPOINT_VERSION = 1
@@ -101,6 +103,13 @@ class Trainer:
                                                            key=f"{cfg.seed}/unlabeled")
         self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.class_counts = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
+        self.class_window: WindowedClassCounts | None = None
+        if cfg.class_balance == "running" and cfg.official_class_counts:
+            self.class_window = WindowedClassCounts(
+                self.num_classes, epoch_steps(len(self.data.labeled), cfg.batch_labeled),
+                epoch_steps(len(self.data.unlabeled), cfg.batch_unlabeled // 2), self.device)
+        self.best: BestCheckpoint | None = (BestCheckpoint(cfg.reload_best_after * cfg.iterations)
+                                            if cfg.reload_best_after else None)
         self.iteration = 0
         self.train_seconds = 0.0
         self._loss_sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
@@ -125,7 +134,7 @@ class Trainer:
         parts = dict.fromkeys(LOSS_PARTS[:-1], torch.zeros((), device=self.device))
 
         # 1. Labeled images, weakly augmented.
-        images_l, labels_l = self._labeled_batch()
+        images_l, labels_l, loaded_labels_l = self._labeled_batch()
 
         # 2. Unlabeled images: the teacher's pseudo-labels, then two strong views of each.
         if uses_unlabeled:
@@ -134,7 +143,8 @@ class Trainer:
             views = [self._strong_view(images_u, pseudo, confidence, mix=after_ramp_up) for _ in range(2)]
             images_v, pseudo_v, confidence_v = (torch.cat(t) for t in zip(*views))
 
-        class_weights = self._class_weights(labels_l, pseudo if uses_unlabeled else None, after_ramp_up)
+        class_weights = self._class_weights(labels_l, loaded_labels_l, pseudo if uses_unlabeled else None,
+                                            after_ramp_up)
 
         # Student on both batches.
         logits_l, features_l = self.student(images_l)
@@ -189,15 +199,17 @@ class Trainer:
         return dict(zip(LOSS_PARTS, values.tolist()))
 
     # --- parts of the step ----------------------------------------------------------------
-    def _labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weakly augmented images and labels, and the labels as loaded (what the official code counts)."""
         images, labels = self._on_device(*self.labeled_stream.next())
+        loaded = labels
         mix = torch.rand(len(images), generator=self.aug_generator, device=self.device) < self.cfg.labeled_classmix_prob
         mask = classmix_masks(labels, self.num_classes, mix, self.aug_generator, self.data.has_background,
                               self.cfg.official_classmix_count)
         images, labels = classmix(mask, images, labels)
         images, labels, _ = geometry(images, labels, None, self.weak, self.aug_generator)
         images = colour_jitter(images, self.weak, self.aug_generator)
-        return images, labels
+        return images, labels, loaded
 
     def _on_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch on the training device: images float in [0, 1], labels long (real datasets
@@ -232,10 +244,15 @@ class Trainer:
         logits = self._teacher_forward(images)[0]
         return F.interpolate(logits, size=images.shape[2:], mode="bilinear", align_corners=False)
 
-    def _class_weights(self, labels: torch.Tensor, pseudo: torch.Tensor | None, active: bool) -> torch.Tensor | None:
+    def _class_weights(self, labels: torch.Tensor, loaded_labels: torch.Tensor, pseudo: torch.Tensor | None,
+                       active: bool) -> torch.Tensor | None:
         """The paper's sqrt(median/frequency) class weights, from labeled and pseudo-label counts."""
         if self.cfg.class_balance == "off":
             return None
+        if self.class_window is not None:  # official_class_counts: its windows, weights once they are full
+            self.class_window.add(loaded_labels, pseudo)
+            ready = active and self.class_window.ready
+            return losses.median_frequency_weights(self.class_window.counts()) if ready else None
         counts = losses.class_pixel_counts(labels, self.num_classes)
         if pseudo is not None:
             counts = counts + losses.class_pixel_counts(pseudo, self.num_classes)
@@ -311,10 +328,22 @@ class Trainer:
                 self.reestimate_batch_norm(cfg.bn_reestimate)  # before the last evaluation sees them
             if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                 last = self.evaluation("val")
-                if on_evaluation is not None:
+                if self.best is not None:
+                    self._reload_best_on_plateau(last)
+                if on_evaluation is not None:  # after a reload: a checkpoint saved now holds its state
                     on_evaluation(last, self)
         self.close()
         return last
+
+    def _reload_best_on_plateau(self, evaluation: Evaluation) -> None:
+        """reload_best_after: keep the best evaluated network; when val stalls, it becomes student and
+        teacher again (recorded in ``evaluation.reloaded_best``). Not after the last evaluation,
+        which must describe the networks the run ends with."""
+        evaluated = {"teacher": self.teacher, "student": self.student}[self.cfg.eval_model]
+        stalled = self.best.observe(evaluation.miou, self.iteration, evaluated)
+        if stalled and self.iteration < self.cfg.iterations:
+            self.best.reload_into(self.student, self.teacher, iteration=self.iteration)
+            evaluation.reloaded_best = self.best.iteration
 
     def close(self) -> None:
         """Stop the data streams' worker processes (a later step starts them again)."""
@@ -394,6 +423,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "bank": self.bank.state_dict(),
             "class_counts": self.class_counts.clone(),
+            **({"class_window": self.class_window.state_dict()} if self.class_window is not None else {}),
+            **({"best": self.best.state_dict()} if self.best is not None else {}),
             "data_generator": self.data_generator.get_state(),
             "aug_generator": self.aug_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -417,6 +448,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state_dict(state["bank"])
         self.class_counts = state["class_counts"].to(self.device)
+        if self.class_window is not None:
+            if "class_window" not in state:
+                raise CheckpointError("checkpoint holds no official class counts (official_class_counts was off)")
+            self.class_window.load_state_dict(state["class_window"])
+        if self.best is not None:
+            if "best" not in state:
+                raise CheckpointError("checkpoint holds no best evaluation (reload_best_after was 0)")
+            self.best.load_state_dict(state["best"])
         self.data_generator.set_state(state["data_generator"])
         self.aug_generator.set_state(state["aug_generator"])
         torch.set_rng_state(state["torch_rng"])

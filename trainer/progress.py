@@ -31,7 +31,9 @@ class ProgressBars:
         bank = 100 * sum(evaluation.bank_fill) / len(evaluation.bank_fill)
         tqdm.write(f"iter {evaluation.iteration:>6}/{self.iterations}  val mIoU {100 * evaluation.miou:5.1f}  "
                    f"loss {evaluation.losses['total']:.3f}  bank {bank:3.0f}%  "
-                   f"{evaluation.images_per_second:6.1f} img/s")
+                   f"{evaluation.images_per_second:6.1f} img/s"
+                   + (f"  (val stalled: reloaded the best, of iteration {evaluation.reloaded_best})"
+                      if evaluation.reloaded_best is not None else ""))
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -69,10 +69,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SegmentationNet:
         backbone: nn.Module = SmallBackbone()
         head: nn.Module = ASPPSum(backbone.out_channels, num_classes, cfg.aspp_dilations, cfg.official_aspp)
     elif cfg.network == "deeplabv2_r101":
-        backbone = resnet101(dilate=(True, True))
+        backbone = resnet101(dilate=(True, True), official_dilation=cfg.official_dilation)
         head = ASPPSum(backbone.out_channels, num_classes, cfg.aspp_dilations, cfg.official_aspp)
     elif cfg.network == "deeplabv3plus_r50":
-        backbone = resnet50(dilate=(False, True))
+        backbone = resnet50(dilate=(False, True), official_dilation=cfg.official_dilation)
         head = DeepLabV3PlusHead(backbone.out_channels, backbone.low_channels, num_classes, cfg.aspp_dilations)
     else:  # validate() already refuses this; kept for callers that skip it
         raise ConfigError(f"network = {cfg.network!r} is unknown")

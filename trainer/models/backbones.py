@@ -86,14 +86,20 @@ class ResNet(nn.Module):
 
     ``dilate`` turns the strides of layer3 and/or layer4 into dilations: (True, True) gives
     output stride 8 (DeepLabv2), (False, True) output stride 16 (DeepLabv3+).
+
+    ``official_dilation``: the first block of a dilated layer uses that layer's dilation, as in
+    the official code's DeepLab ResNets (layer3 all 2, layer4 all 4 at stride 8); torchvision
+    keeps the previous layer's dilation in it (layer3 1, 2, 2, ...; layer4 2, 4, 4).
     """
 
     low_channels = 256
     out_channels = 2048
 
-    def __init__(self, layers: tuple[int, int, int, int], dilate: tuple[bool, bool] = (True, True)) -> None:
+    def __init__(self, layers: tuple[int, int, int, int], dilate: tuple[bool, bool] = (True, True),
+                 official_dilation: bool = False) -> None:
         super().__init__()
         self.inplanes, self.dilation = 64, 1
+        self.official_dilation = official_dilation
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -112,7 +118,8 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * 4:
             downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
                                        nn.BatchNorm2d(planes * 4))
-        layers = [Bottleneck(self.inplanes, planes, stride, previous_dilation, downsample)]
+        first_dilation = self.dilation if self.official_dilation else previous_dilation
+        layers = [Bottleneck(self.inplanes, planes, stride, first_dilation, downsample)]
         self.inplanes = planes * 4
         layers += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -132,9 +139,9 @@ def freeze_batch_norm_affine(backbone: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
-def resnet50(dilate: tuple[bool, bool] = (False, True)) -> ResNet:
-    return ResNet((3, 4, 6, 3), dilate)
+def resnet50(dilate: tuple[bool, bool] = (False, True), official_dilation: bool = False) -> ResNet:
+    return ResNet((3, 4, 6, 3), dilate, official_dilation)
 
 
-def resnet101(dilate: tuple[bool, bool] = (True, True)) -> ResNet:
-    return ResNet((3, 4, 23, 3), dilate)
+def resnet101(dilate: tuple[bool, bool] = (True, True), official_dilation: bool = False) -> ResNet:
+    return ResNet((3, 4, 23, 3), dilate, official_dilation)
