@@ -6,6 +6,9 @@ cost). Printed per method: the share of repeats whose best val reaches the targe
 95th percentile of final val mIoU), the quartiles of the compute and the median wall time to
 get there, and the test mIoU of the config each repeat selects on val. The anytime curves
 (median and quartiles of best val against compute) go to a Plotly page next to the table.
+A config the table does not hold replays the curve of the table's Gaussian-process surrogate
+(``--curves surrogate``, the default; ``--curves nearest`` replays its nearest tabulated
+curve); how well each predicts held-out configs is printed first.
 
     python benchmarks/search_efficiency.py                      # every method but gp+asha
     python benchmarks/search_efficiency.py --methods gp+asha --repeats 3   # GP: ~15 min a repeat here
@@ -28,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from study.simulate import METHODS, CurveTable, run_method
+from study.simulate import METHODS, CurveTable, run_method, validate
 from study.simulate.efficiency import anytime_band, format_summaries, summarize, target_val
 from trainer.atomic import write_text_atomic
 
@@ -37,20 +40,20 @@ DEFAULT_METHODS = [name for name in METHODS if name != "gp+asha"]
 BASELINE, DEFAULT = "random+fifo", "tpe+asha"
 
 
-def _one(args: tuple[str, str, int, int, float, float]) -> tuple[str, int, object]:
-    table_path, method, workers, seed, startup, budget = args
-    table = _table(table_path)
+def _one(args: tuple[str, str, str, int, int, float, float]) -> tuple[str, int, object]:
+    table_path, model, method, workers, seed, startup, budget = args
+    table = _table(table_path, model)
     return method, workers, run_method(method, table, workers=workers, startup_s=startup, seed=seed, budget_s=budget)
 
 
-_TABLES: dict[str, CurveTable] = {}
+_TABLES: dict[tuple[str, str], CurveTable] = {}
 
 
-def _table(path: str) -> CurveTable:
-    """One parse per worker process."""
-    if path not in _TABLES:
-        _TABLES[path] = CurveTable.load(path)
-    return _TABLES[path]
+def _table(path: str, model: str) -> CurveTable:
+    """One parse (and surrogate fit) per worker process."""
+    if (path, model) not in _TABLES:
+        _TABLES[(path, model)] = CurveTable.load(path, model)
+    return _TABLES[(path, model)]
 
 
 def figure(results: dict[tuple[str, int], list], budget: float, target: float, out: Path) -> None:
@@ -92,10 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-trials", type=float, default=60.0,
                         help="compute per simulated study, in full trials of the table's mean cost")
     parser.add_argument("--jobs", type=int, default=2, help="processes")
+    parser.add_argument("--curves", choices=CurveTable.MODELS, default="surrogate",
+                        help="how a config the table does not hold gets a curve")
     parser.add_argument("-o", "--out", type=Path, default=TABLE.with_name("search_efficiency.html"))
     args = parser.parse_args(argv)
 
-    table = CurveTable.load(args.table)
+    table = CurveTable.load(args.table, args.curves)
+    for model in CurveTable.MODELS:
+        fit = validate(table, model)
+        print(f"curves by {model}{' (used)' if model == args.curves else ''}: final val of a held-out config off by "
+              f"{100 * fit['mae']:.1f} mIoU, Spearman {fit['spearman']:.2f} (the mean of the others: "
+              f"{100 * fit['mae_of_mean']:.1f}; seed noise: "
+              + ("-" if fit["seed_noise"] is None else f"{100 * fit['seed_noise']:.1f}") + ")")
     provenance = json.loads(pq.read_schema(args.table).metadata[b"semiseg_provenance"])
     startup = float(provenance.get("startup_s", 0.0))
     mean_trial = statistics.fmean(c.final.seconds for c in table.curves) + startup
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     target = target_val(table)
     print(f"{len(table.curves)} full curves in {args.table}; a full trial {mean_trial:.0f} s on average "
           f"(start-up {startup:.1f} s); {args.budget_trials:g} of them per simulated study; {args.repeats} repeats")
-    tasks = [(str(args.table), m, w, seed, startup, budget)
+    tasks = [(str(args.table), args.curves, m, w, seed, startup, budget)
              for m in args.methods for w in args.workers for seed in range(args.repeats)]
     results: dict[tuple[str, int], list] = {(m, w): [] for m in args.methods for w in args.workers}
     started = time.monotonic()

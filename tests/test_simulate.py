@@ -6,6 +6,9 @@ import datetime as dt
 import json
 import math
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 import optuna
 import pyarrow as pa
@@ -21,7 +24,7 @@ from study.search import PersistentASHA
 from study.rung_ranks import spearman
 from study.search import make_sampler, make_searcher
 from study.simulate import (CUT, FINISHED, METHODS, STOPPED, CurveTable, TopKAfterRung, curve_seconds, distance,
-                            measured_startup, run_method, simulate, validate_nearest)
+                            measured_startup, run_method, simulate, validate)
 
 LOSS = CategoricalDistribution(["a", "b", "c", "d", "e"])
 LR = FloatDistribution(0.001, 0.1, log=True)
@@ -131,7 +134,7 @@ def test_validate_nearest_leaves_each_config_out_and_reports_the_seed_noise(tmp_
     table = CurveTable.load(_write(tmp_path / "v.parquet", [
         {"id": tid, "config": cid, "seed": 1 if tid == "t5" else 0, "params": {"lr": lr}, "dists": {"lr": LR},
          "val": [val / 2, val]} for tid, cid, lr, val in finals]))
-    report = validate_nearest(table)
+    report = validate(table)
     # Predictions: x1 <- x2, x2 <- x1, x3 <- x4 (t4, the lower key), both x4 <- x3 (never their twin).
     predictions, truths = [0.2, 0.1, 0.6, 0.5, 0.5], [0.1, 0.2, 0.5, 0.6, 0.64]
     assert report["curves"] == 5
@@ -141,6 +144,52 @@ def test_validate_nearest_leaves_each_config_out_and_reports_the_seed_noise(tmp_
     assert report["mae_of_mean"] == pytest.approx((0.385 + 0.26 + 0.115 + (0.6 - 0.8 / 3) + (0.64 - 0.8 / 3)) / 5)
     scipy_stats = pytest.importorskip("scipy.stats")
     assert spearman(predictions, truths) == pytest.approx(scipy_stats.spearmanr(predictions, truths)[0])
+
+
+def _lr_table(tmp_path: Path, model: str) -> tuple[CurveTable, Callable[[dict], tuple[float, float]]]:
+    """30 configs whose final val depends on lr alone (a smooth hump in log lr) and whose seconds grow with
+    bank; five more params do nothing. Returns the table and the truth: params -> (final val, final seconds)."""
+    rng = np.random.default_rng(0)
+    dists = {"lr": LR, "bank": BANK, **{f"idle{i}": FloatDistribution(0.0, 1.0) for i in range(5)}}
+
+    def truth(p: dict) -> tuple[float, float]:
+        u = math.log(p["lr"] / 0.001) / math.log(100)
+        return 0.7 - 0.6 * (u - 0.6) ** 2, 300 * 0.1 * (1 + p["bank"] / 1024)
+
+    curves = []
+    for i in range(30):
+        p = {"lr": float(np.exp(rng.uniform(math.log(0.001), math.log(0.1)))),
+             "bank": int(np.exp(rng.uniform(math.log(32), math.log(2048)))),
+             **{f"idle{k}": float(rng.uniform()) for k in range(5)}}
+        final, seconds = truth(p)
+        curves.append({"id": f"t{i:02d}", "params": p, "dists": dists, "val": [0.6 * final, 0.9 * final, final],
+                       "seconds": [seconds / 3, 2 * seconds / 3, seconds]})
+    return CurveTable.load(_write(tmp_path / "lr.parquet", curves), model), truth
+
+
+def test_the_surrogate_finds_the_param_that_matters_where_the_nearest_curve_does_not(tmp_path):
+    table, truth = _lr_table(tmp_path, "surrogate")
+    nearest, surrogate = validate(table, "nearest"), validate(table, "surrogate")
+    # Five idle params dilute the nearest-curve distance; the GP's length scales ignore them.
+    assert surrogate["mae"] < nearest["mae"] / 3 and surrogate["spearman"] > 0.95
+    new = {"lr": 0.01, "bank": 700, **{f"idle{k}": 0.5 for k in range(5)}}
+    curve = table.curve_for(new)
+    final, seconds = truth(new)
+    assert curve.final.val == pytest.approx(final, abs=0.02)
+    assert [p.iteration for p in curve.points] == [100, 200, 300]
+    assert curve.final.seconds == pytest.approx(seconds, rel=0.1)
+    assert curve.points[0].seconds == pytest.approx(curve.final.seconds / 3, rel=0.01)  # the table's profile
+
+
+def test_a_surrogate_curve_is_its_mean_plus_one_seeded_offset(tmp_path):
+    table, _ = _lr_table(tmp_path, "surrogate")
+    params = {"lr": 0.003, "bank": 100, **{f"idle{k}": 0.2 for k in range(5)}}
+    mean = table.curve_for(params)
+    first, again = (table.curve_for(params, rng=np.random.RandomState(7)) for _ in range(2))
+    assert first == again  # the same seed, the same trial
+    offsets = {round(a.val - m.val, 12) for a, m in zip(first.points, mean.points)}
+    assert len(offsets) == 1 and offsets != {0.0}  # one draw moves the whole curve, as a seed does
+    assert table.with_model("nearest").curve_for(params).key.startswith("s/")  # a tabulated curve
 
 
 # --- the replay ---------------------------------------------------------------------------

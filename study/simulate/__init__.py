@@ -3,11 +3,12 @@
 A method is a searcher and a scheduler, the very objects a study builds (``StudySearcher``
 on an Optuna sampler, ``PersistentASHA`` or Ray's ``FIFOScheduler``), driven through Ray's
 interfaces by a simulated clock instead of Ray Tune. A proposed config is "trained" by
-replaying the tabulated full curve nearest to it (``CurveTable.nearest``); the table is
-``benchmarks/curves.py``'s, one row per (study, trial, evaluation).
+replaying the curve the table predicts for it (``CurveTable.curve_for``: the nearest tabulated
+curve, or a Gaussian-process surrogate of the table); the table is ``benchmarks/curves.py``'s,
+one row per (study, trial, evaluation).
 
-    table = CurveTable.load("benchmarks/data/digits_curves.parquet")
-    print(validate_nearest(table))          # is the nearest curve a fair stand-in?
+    table = CurveTable.load("benchmarks/data/digits_curves.parquet", model="surrogate")
+    print(validate(table))                  # is the predicted curve a fair stand-in?
     result = run_method("tpe+asha", table, workers=4, samples=60, startup_s=1.0, seed=0)
     result.selected_test, result.incumbent(compute_s=3600)
 
@@ -21,7 +22,8 @@ space where training diverges is replayed by its nearest healthy neighbour; and 
 trials also scored the test split at every evaluation (``eval_test``), so its evaluations cost
 a little more than a study's.
 
-Modules: ``table`` (the curves and the nearest-config rule), ``replay`` (the event loop),
+Modules: ``table`` (the curves and the nearest-config rule), ``surrogate`` (the Gaussian
+process), ``replay`` (the event loop),
 ``methods`` (the registered searcher + scheduler pairs), ``efficiency`` (repeats, the target and
 the figures of the benchmark and of ``semiseg-study simulate``).
 """
@@ -32,9 +34,9 @@ from study.simulate.methods import (METHODS, Method, TopKAfterRung, asha, compar
 from study.simulate.replay import (CUT, FINISHED, PAUSED, RUNNING, STOPPED, AnytimePoint, SimResult, TrialRecord,
                                    simulate)
 from study.simulate.table import (Curve, CurvePoint, CurveTable, config_id, curve_seconds, distance, measured_startup,
-                                  study_curves, validate_nearest)
+                                  study_curves, validate)
 
 __all__ = ["AnytimePoint", "CUT", "Curve", "CurvePoint", "CurveTable", "FINISHED", "METHODS", "Method", "PAUSED",
            "RUNNING", "STOPPED", "SimResult", "Summary", "TopKAfterRung", "TrialRecord", "asha", "compare",
            "config_id", "curve_seconds", "distance", "fifo", "measured_startup", "method_from_flags", "repeat",
-           "run_method", "simulate", "study_curves", "summarize", "target_val", "top_k", "validate_nearest"]
+           "run_method", "simulate", "study_curves", "summarize", "target_val", "top_k", "validate"]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from search_spaces import SearchSpace
 from study.simulate.methods import METHODS, Method, run_method
 from study.simulate.replay import SimResult
-from study.simulate.table import CurveTable, measured_startup, validate_nearest
+from study.simulate.table import CurveTable, measured_startup, validate
 
 TARGET_QUANTILE = 0.95
 
@@ -133,11 +133,11 @@ class StudySimulation:
     curves: int
     startup_s: float
     budget_s: float
-    nearest: dict[str, Any]   # ``validate_nearest``: how faithful the replay of a new config is
+    fidelity: dict[str, Any]  # ``validate``: how faithful the replay of a new config is
 
 
 def simulate_study(folder: str | Path, method: Method, *, workers: int, repeats: int, samples: int,
-                   progress: bool = False) -> StudySimulation:
+                   progress: bool = False, model: str = "surrogate") -> StudySimulation:
     """Replay ``method`` and random + FIFO ``repeats`` times each on the study's full-budget curves.
 
     Both get the same compute: what ``samples`` full trials of the study cost on average, so a
@@ -150,7 +150,7 @@ def simulate_study(folder: str | Path, method: Method, *, workers: int, repeats:
     folder = as_location(folder)
     spec = read_study_json(folder)
     try:
-        table = CurveTable.from_study(folder)
+        table = CurveTable.from_study(folder, model)
     except ValueError as err:
         raise ConfigError(f"study {spec.name!r}: {err}; a simulation replays trials that ran to the end "
                           f"(--scheduler fifo runs every trial to the end)") from None
@@ -172,4 +172,4 @@ def simulate_study(folder: str | Path, method: Method, *, workers: int, repeats:
             results = repeat(m, table, repeats=repeats, workers=workers, startup_s=startup, budget_s=budget,
                              space=space, progress=bar)
             summaries.append(summarize(m.name, results, target))
-    return StudySimulation(summaries, target, len(table.curves), startup, budget, validate_nearest(table))
+    return StudySimulation(summaries, target, len(table.curves), startup, budget, validate(table))

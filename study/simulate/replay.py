@@ -205,7 +205,8 @@ class _Replay:
             self.exhausted = True
             return False
         params, distributions = _sampled(self.searcher, trial_id, config)
-        trial = TrialRecord(trial_id, dict(config), params, self.table.nearest(params, distributions),
+        # The surrogate's noise comes from numpy's global generator, which ``simulate`` seeds.
+        trial = TrialRecord(trial_id, dict(config), params, self.table.curve_for(params, distributions, np.random),
                             start_s=self.clock, segment_start=self.clock)
         self.trials[trial_id] = trial
         self.scheduler.on_trial_add(None, trial.tune)

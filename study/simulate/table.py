@@ -2,9 +2,16 @@
 
 The table is ``benchmarks/curves.py``'s (or a study's own, ``study_curves``): one row per
 (study, trial, evaluation) with the trial's sampled params and their distributions. A
-proposed config is "trained" by replaying the full curve of the nearest tabulated config
-(``CurveTable.nearest``: Euclidean distance in the unit cube of the space, categories 0 or 1);
-``validate_nearest`` measures that choice on held-back configs.
+proposed config is "trained" by replaying a curve the table predicts for it
+(``CurveTable.curve_for``), by one of two models:
+
+* ``nearest`` (the table's default: a tabulated config replays exactly its own curve): the full
+  curve of the nearest tabulated config (Euclidean distance in the unit cube of the space,
+  categories 0 or 1);
+* ``surrogate`` (what the benchmark and ``semiseg-study simulate`` use): a Gaussian process
+  fitted on the table (``surrogate.py``), far better on configs the table does not hold.
+
+``validate`` measures either on held-back configs.
 """
 
 from __future__ import annotations
@@ -77,7 +84,12 @@ def curve_seconds(time_total_s: Sequence[float], train_seconds: Sequence[float |
 class CurveTable:
     """The full-budget curves of a learning-curve table, and the distributions their params came from."""
 
-    def __init__(self, curves: Sequence[Curve], distributions: Mapping[str, BaseDistribution]) -> None:
+    MODELS = ("nearest", "surrogate")
+
+    def __init__(self, curves: Sequence[Curve], distributions: Mapping[str, BaseDistribution],
+                 model: str = "nearest") -> None:
+        if model not in self.MODELS:
+            raise ValueError(f"model {model!r}: expected one of {', '.join(self.MODELS)}")
         if not curves:
             raise ValueError("the table holds no full-budget curve")
         budgets = {c.budget for c in curves}
@@ -87,18 +99,35 @@ class CurveTable:
         self.curves = sorted(curves, key=lambda c: c.key)
         self.distributions = dict(distributions)
         self.budget = budgets.pop()
+        self.model = model
+        self._surrogate: Any = None  # fitted on first use
+
+    def with_model(self, model: str) -> "CurveTable":
+        """The same curves, replayed by another model."""
+        return CurveTable(self.curves, self.distributions, model)
+
+    def curve_for(self, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution] | None = None,
+                  rng: Any = None) -> Curve:
+        """The curve a simulated trial of ``params`` replays (``rng``: the surrogate's noise draw)."""
+        if self.model == "nearest":
+            return self.nearest(params, distributions)
+        if self._surrogate is None:
+            from study.simulate.surrogate import CurveSurrogate
+
+            self._surrogate = CurveSurrogate(self.curves, self.distributions)
+        return self._surrogate.curve(params, rng)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CurveTable":
-        return cls.from_arrow(pq.read_table(path))
+    def load(cls, path: str | Path, model: str = "nearest") -> "CurveTable":
+        return cls.from_arrow(pq.read_table(path), model)
 
     @classmethod
-    def from_study(cls, folder: "str | Path | Location") -> "CurveTable":
+    def from_study(cls, folder: "str | Path | Location", model: str = "nearest") -> "CurveTable":
         """The full curves of one study's own trials (``semiseg-study simulate``)."""
-        return cls.from_arrow(pa.Table.from_pylist(study_curves(folder)))
+        return cls.from_arrow(pa.Table.from_pylist(study_curves(folder)), model)
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> "CurveTable":
+    def from_arrow(cls, table: pa.Table, model: str = "nearest") -> "CurveTable":
         rows: dict[str, list[dict[str, Any]]] = {}
         for row in table.to_pylist():
             if row["full_budget"]:
@@ -115,7 +144,7 @@ class CurveTable:
             for name, dist in json.loads(first["distributions"] or "{}").items():
                 distributions.setdefault(name, json_to_distribution(json.dumps(dist)))
             curves.append(Curve(key, first["config_id"], first.get("seed"), json.loads(first["params"]), points, setup))
-        return cls(curves, distributions)
+        return cls(curves, distributions, model)
 
     def nearest(self, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution] | None = None,
                 *, exclude: Collection[str] = ()) -> Curve:
@@ -189,32 +218,37 @@ def distance(p: Mapping[str, Any], q: Mapping[str, Any], distributions: Mapping[
     return math.sqrt(total)
 
 
-def validate_nearest(table: CurveTable) -> dict[str, Any]:
-    """How well the nearest other config's curve predicts a config's final val mIoU (leave one config out).
+def validate(table: CurveTable, model: str | None = None) -> dict[str, Any]:
+    """How well ``model`` (the table's by default) predicts a config's final val mIoU from the others
+    (leave one config out; the surrogate is fitted again without it).
 
     Both seeds of a config are left out together, else a config's twin would predict it and
     the error would only be the seed noise, reported beside it for comparison ("seed_noise":
     the mean absolute difference of final val between two seeds of one config). "mae_of_mean"
     is the error of predicting every config by the mean of the others: the bar to beat.
     """
-    truths, predictions, baselines, gaps = [], [], [], []
+    from study.simulate.surrogate import CurveSurrogate
+
+    model = model or table.model
+    truths, predictions, baselines = [], [], []
     for curve in table.curves:
-        neighbour = table.nearest(curve.params, exclude={curve.config_id})
-        others = [c.final.val for c in table.curves if c.config_id != curve.config_id]
+        others = [c for c in table.curves if c.config_id != curve.config_id]
+        if model == "nearest":
+            predictions.append(table.nearest(curve.params, exclude={curve.config_id}).final.val)
+        else:
+            predictions.append(float(CurveSurrogate(others, table.distributions).predict(curve.params)[0][-1]))
         truths.append(curve.final.val)
-        predictions.append(neighbour.final.val)
-        baselines.append(abs(statistics.fmean(others) - curve.final.val))
-        gaps.append(distance(curve.params, neighbour.params, table.distributions))
+        baselines.append(abs(statistics.fmean(c.final.val for c in others) - curve.final.val))
     seeds: dict[str, list[float]] = {}
     for curve in table.curves:
         seeds.setdefault(curve.config_id, []).append(curve.final.val)
     pairs = [abs(a - b) for vals in seeds.values() for a, b in itertools.combinations(vals, 2)]
     return {
+        "model": model,
         "curves": len(truths),
         "mae": statistics.fmean(abs(p - t) for p, t in zip(predictions, truths)),
         "spearman": spearman(predictions, truths),
         "mae_of_mean": statistics.fmean(baselines),
-        "mean_distance": statistics.fmean(gaps),
         "seed_pairs": len(pairs),
         "seed_noise": statistics.fmean(pairs) if pairs else None,
     }
