@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from trainer.models.selectors import ClassSelectors, grouped_linear, rescale_to_mean_one
+from trainer.models import selectors as selectors_module
+from trainer.models.selectors import ClassSelectors, rescale_to_mean_one
 
 
 def _as_separate_mlps(selectors: ClassSelectors) -> list[nn.Sequential]:
@@ -53,15 +54,6 @@ def test_bank_scores_use_only_filled_slots_for_statistics():
     scores = selectors.score_bank(bank, valid)
     torch.testing.assert_close(scores[0], mlps[0](bank[0])[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scores[1, :3], mlps[1](bank[1, :3])[:, 0], rtol=1e-5, atol=1e-5)
-
-
-def test_grouped_linear_float64_reference_path_agrees():
-    x = torch.randn(10, 4, dtype=torch.float64)
-    w = torch.randn(3, 4, 5, dtype=torch.float64)
-    groups = torch.tensor([0, 0, 0, 2, 2, 2, 2, 2, 2, 2])
-    expected = torch.cat([x[:3] @ w[0], x[3:] @ w[2]])
-    torch.testing.assert_close(grouped_linear(x, w, groups), expected)
-    torch.testing.assert_close(grouped_linear(x.float(), w.float(), groups), expected.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_rescale_to_mean_one_per_class():
@@ -164,9 +156,16 @@ def test_eval_scores_and_all_gradients_match_separate_mlps():
     _check_against_separate(torch.float64, training=False, tol=1e-10)
 
 
-def test_float32_grouped_kernel_path_matches_separate_mlps():
+def test_float32_matches_separate_mlps():
     _check_against_separate(torch.float32, training=True, tol=2e-4)
     _check_against_separate(torch.float32, training=False, tol=2e-4)
+
+
+def test_classes_spread_over_several_padded_blocks(monkeypatch):
+    # Blocks of 4 rows: every class takes several blocks, most with padding rows.
+    monkeypatch.setattr(selectors_module, "BLOCK", 4)
+    _check_against_separate(torch.float64, training=True, tol=1e-10)
+    _check_against_separate(torch.float64, training=False, tol=1e-10)
 
 
 def test_bank_slots_outside_the_statistics_pass_gradient_through_them():
