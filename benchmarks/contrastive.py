@@ -11,7 +11,7 @@ Times are medians of forward + backward (or of one update), in milliseconds.
 Rows:
 - loss, closed form: the paper's loss given the selector weights, per-class sums
 - loss, direct M x N: the same loss by its definition (per class, M x N similarities)
-- whole term: selectors on the pixels (grouped matmul) and on the bank (bmm), the
+- whole term: selectors on the pixels (class blocks, bmm) and on the bank (bmm), the
   rescaled weights and the closed-form loss, forward + backward
 - bank update: rank 23,534 candidates with the teacher's selector and write the
   best per image and class into the ring buffers

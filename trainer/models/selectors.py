@@ -196,7 +196,8 @@ class ClassSelectors(nn.Module):
         # Eval: batch norm is the affine map of the running statistics, folded into the first layer.
         scale = self.bn_weight * torch.rsqrt(self.running_var + self.eps)
         shift = (self.bias1 - self.running_mean) * scale + self.bn_bias
-        a = F.leaky_relu(layout.linear(x, self.weight1 * scale[:, None, :]) + layout.spread(shift), SLOPE)
+        # In place after the product: neither bmm's nor add's backward needs the values overwritten.
+        a = F.leaky_relu_(layout.linear(x, self.weight1 * scale[:, None, :]).add_(layout.spread(shift)), SLOPE)
         return layout.row_dot(a, self.weight2) + layout.spread(self.bias2[:, None])[..., 0]
 
     @torch.no_grad()
