@@ -5,26 +5,40 @@ The scale of the official code's VOC runs: 14 labeled images x 41 x 41 feature p
 Times are medians of forward + backward (or of one update), in milliseconds.
 
     python benchmarks/contrastive.py [--threads 2] [--repeats 5]
+    python benchmarks/contrastive.py --official PATH   # side by side with the official code
+
 
 Rows:
 - loss, closed form: the paper's loss given the selector weights, per-class sums
 - loss, direct M x N: the same loss by its definition (per class, M x N similarities)
-- whole term: selectors on the pixels (grouped matmul) and on the bank (bmm), the
+- whole term: selectors on the pixels (class blocks, bmm) and on the bank (bmm), the
   rescaled weights and the closed-form loss, forward + backward
 - bank update: rank 23,534 candidates with the teacher's selector and write the
   best per image and class into the ring buffers
-The official code on this machine (../shared/FINDINGS.md): 530 ms for its loss at bank
-256, 1,140 ms at 2048, 91 ms for its bank update.
+
+``--official PATH`` names a checkout of github.com/Shathe/SemiSeg-Contrastive. Its
+``contrastive_losses.py`` and ``utils/feature_memory.py`` are imported from there at run time
+(nothing of them is copied into this project; their ``.cuda()`` calls are no-ops while they
+run) and timed in the same interleaved loop as this project's code, on the same inputs, with
+the same selector weights: the whole term (both selectors + loss, forward + backward) and the
+bank update, at bank 256 and 2048. Only that table is printed then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import statistics
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
+from torch import nn
 
 from trainer.losses import contrastive_infonce, contrastive_paper, contrastive_paper_direct
 from trainer.memory_bank import ClassMemoryBank
@@ -61,6 +75,40 @@ def _problem(capacity: int, seed: int = 0):
     return z, classes, w, bank, valid, v
 
 
+IMAGES_PER_BANK_QUOTA = 212  # labeled images of the official code's VOC 1/50 split
+
+
+def _voc_quota(capacity: int) -> int:
+    """The official code's VOC rule for vectors kept per image and class: int(C/3 * round(N/|X_l|))."""
+    return max(1, int(CLASSES / 3 * round(capacity / IMAGES_PER_BANK_QUOTA)))
+
+
+def _whole_term(feature_selectors: ClassSelectors, memory_selectors: ClassSelectors, leaf: torch.Tensor,
+                classes: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor) -> Callable[[], None]:
+    """Both selectors, the rescaled weights and the closed-form loss, forward + backward (as fit.py)."""
+    def step() -> None:
+        leaf.grad = None
+        pixel_w = rescale_to_mean_one(torch.sigmoid(feature_selectors.score_pixels(leaf.detach(), classes)),
+                                      classes, CLASSES)
+        s = torch.sigmoid(memory_selectors.score_bank(bank, valid))
+        memory_w = s * (valid.sum(1, keepdim=True) / s.sum(1, keepdim=True))
+        contrastive_paper(leaf, classes, pixel_w, bank, valid, memory_w).backward()
+    return step
+
+
+def _update(teacher_selectors: ClassSelectors, memory: ClassMemoryBank, z: torch.Tensor,
+            classes: torch.Tensor) -> Callable[[], None]:
+    """Rank every candidate with the teacher's selector and write the best per image and class."""
+    images = torch.arange(PIXELS) // (41 * 41)
+    per_image = _voc_quota(memory.capacity)
+
+    @torch.no_grad()
+    def step() -> None:
+        scores = teacher_selectors.score_pixels(z, classes)
+        memory.add(z, classes, images, scores, per_image)
+    return step
+
+
 def _steps(capacity: int) -> dict[str, Callable[[], None]]:
     """The timed operations at one bank size."""
     z, classes, w, bank, valid, v = _problem(capacity)
@@ -72,41 +120,156 @@ def _steps(capacity: int) -> dict[str, Callable[[], None]]:
             fn(leaf, classes, w, bank, valid, v, *extra).backward()
         return step
 
-    feature_selectors, memory_selectors = ClassSelectors(CLASSES, DIM), ClassSelectors(CLASSES, DIM)
-
-    def whole_term() -> None:
-        leaf.grad = None
-        pixel_w = rescale_to_mean_one(torch.sigmoid(feature_selectors.score_pixels(leaf.detach(), classes)),
-                                      classes, CLASSES)
-        s = torch.sigmoid(memory_selectors.score_bank(bank, valid))
-        memory_w = s * (valid.sum(1, keepdim=True) / s.sum(1, keepdim=True))
-        contrastive_paper(leaf, classes, pixel_w, bank, valid, memory_w).backward()
-
-    teacher_selectors = ClassSelectors(CLASSES, DIM).eval()
-    images = torch.arange(PIXELS) // (41 * 41)
-    memory = ClassMemoryBank(CLASSES, capacity, DIM)
-    per_image = max(1, round(CLASSES / 3 * round(capacity / 212)))  # the official code's VOC 1/50 rule
-
-    @torch.no_grad()
-    def update() -> None:
-        scores = teacher_selectors.score_pixels(z, classes)
-        memory.add(z, classes, images, scores, per_image)
-
     return {
         "loss, closed form": loss_step(contrastive_paper),
         "loss, direct M x N": loss_step(contrastive_paper_direct),
         "InfoNCE (tau 0.1), all memory as negatives": loss_step(contrastive_infonce, 0.1),
-        "whole term (selectors + loss)": whole_term,
-        "bank update (rank + write)": update,
+        "whole term (selectors + loss)": _whole_term(ClassSelectors(CLASSES, DIM), ClassSelectors(CLASSES, DIM),
+                                                     leaf, classes, bank, valid),
+        "bank update (rank + write)": _update(ClassSelectors(CLASSES, DIM).eval(),
+                                              ClassMemoryBank(CLASSES, capacity, DIM), z, classes),
     }
+
+
+# --- the official code, side by side ---------------------------------------------------------
+
+OFFICIAL_FILES = ("contrastive_losses.py", "utils/feature_memory.py")
+
+
+def _load_official(path: str) -> tuple[ModuleType, ModuleType]:
+    """Import the official loss and memory modules from a checkout, or exit 2 with one line."""
+    root = Path(path)
+    missing = [name for name in OFFICIAL_FILES if not (root / name).is_file()]
+    if missing:
+        print(f"--official {path}: not a checkout of github.com/Shathe/SemiSeg-Contrastive "
+              f"(missing {', '.join(missing)})", file=sys.stderr)
+        sys.exit(2)
+    modules = []
+    for name in OFFICIAL_FILES:
+        spec = importlib.util.spec_from_file_location(f"official_{Path(name).stem}", root / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        modules.append(module)
+    return modules[0], modules[1]
+
+
+@contextlib.contextmanager
+def _cuda_is_a_no_op() -> Iterator[None]:
+    """The official code moves tensors with ``.cuda()``; on the CPU those calls return self."""
+    tensor_cuda, module_cuda = torch.Tensor.cuda, nn.Module.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    nn.Module.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, nn.Module.cuda = tensor_cuda, module_cuda  # type: ignore[method-assign]
+
+
+def _official_selector(dim: int) -> nn.Sequential:
+    """One class selector as the official DeepLabv2 builds it (model/deeplabv2.py)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+                         nn.Linear(dim, 1))
+
+
+def _official_heads(features: ClassSelectors, memory: ClassSelectors) -> nn.Module:
+    """A module with the official model's selector attributes, holding the same weights as ours."""
+    heads = nn.Module()
+    for prefix, selectors in (("contrastive_class_selector_", features), ("contrastive_class_selector_memory", memory)):
+        for c in range(CLASSES):
+            mlp = _official_selector(DIM)
+            with torch.no_grad():
+                mlp[0].weight.copy_(selectors.weight1[c].t())
+                mlp[0].bias.copy_(selectors.bias1[c])
+                mlp[1].weight.copy_(selectors.bn_weight[c])
+                mlp[1].bias.copy_(selectors.bn_bias[c])
+                mlp[3].weight.copy_(selectors.weight2[c][None])
+                mlp[3].bias.copy_(selectors.bias2[c:c + 1])
+            heads.add_module(prefix + str(c), mlp)
+    return heads
+
+
+def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: ModuleType
+                  ) -> dict[str, Callable[[], None]]:
+    """Official and project: whole term and bank update at one bank size, on the same inputs."""
+    z, classes, _, bank, valid, _ = _problem(capacity)
+    leaf = z.clone().requires_grad_()
+    official_leaf = z.clone().requires_grad_()
+    features, memory = ClassSelectors(CLASSES, DIM), ClassSelectors(CLASSES, DIM)
+    official = _official_heads(features, memory)
+    official_bank = [bank[c].numpy().copy() for c in range(CLASSES)]  # its bank: a list of arrays
+
+    def official_term() -> None:
+        official_leaf.grad = None
+        official.zero_grad(set_to_none=True)
+        with _cuda_is_a_no_op():
+            losses_module.contrastive_class_to_class_learned_memory(
+                official, official_leaf, classes, CLASSES, official_bank).backward()
+
+    def project_term() -> None:
+        features.zero_grad(set_to_none=True)
+        memory.zero_grad(set_to_none=True)
+        _whole_term(features, memory, leaf, classes, bank, valid)()
+
+    # Updates: the teacher's selectors in eval mode on both sides, banks full, 14 labeled images.
+    official_memory = memory_module.FeatureMemory(num_samples=IMAGES_PER_BANK_QUOTA, dataset="pascal_voc",
+                                                  memory_per_class=capacity, feature_size=DIM, n_classes=CLASSES)
+    official_memory.memory = [array.copy() for array in official_bank]
+    teacher = ClassSelectors(CLASSES, DIM).eval()
+    teacher_heads = _official_heads(teacher, memory).eval()
+    project_memory = ClassMemoryBank(CLASSES, capacity, DIM)
+    project_memory.vectors.copy_(bank)
+    project_memory.count.fill_(capacity)
+
+    def official_update() -> None:
+        with _cuda_is_a_no_op():
+            official_memory.add_features_from_sample_learned(teacher_heads, z, classes, IMAGES)
+
+    _check_same_loss(features, official, leaf, classes, bank, valid, official_bank, losses_module)
+    return {"official term": official_term, "project term": project_term,
+            "official update": official_update, "project update": _update(teacher, project_memory, z, classes)}
+
+
+def _check_same_loss(features: ClassSelectors, official: nn.Module, z: torch.Tensor, classes: torch.Tensor,
+                     bank: torch.Tensor, valid: torch.Tensor, official_bank: list, losses_module: ModuleType) -> None:
+    """Both codes compute the same number: the official memory weights collapse to ones, so
+    ours with memory weights of one must give its loss (selector BN in train mode on both sides)."""
+    with torch.no_grad(), _cuda_is_a_no_op():
+        expected = losses_module.contrastive_class_to_class_learned_memory(official, z, classes, CLASSES,
+                                                                           official_bank).item()
+        w = rescale_to_mean_one(torch.sigmoid(features.score_pixels(z, classes)), classes, CLASSES)
+        ours = contrastive_paper(z, classes, w, bank, valid, valid.to(z.dtype)).item()
+    if abs(ours - expected) > 1e-4 * abs(expected):
+        raise SystemExit(f"the two codes disagree: official loss {expected:.6f}, this project's {ours:.6f}")
+
+
+def _compare_with_official(path: str, repeats: int, threads: int) -> None:
+    losses_module, memory_module = _load_official(path)
+    fns = {}
+    for capacity in (256, 2048):
+        for name, fn in _side_by_side(capacity, losses_module, memory_module).items():
+            fns[(capacity, name)] = fn
+    ms = _median_ms(fns, repeats)  # type: ignore[arg-type]
+    print(f"VOC scale: {PIXELS:,} pixels, {CLASSES} classes, {DIM}-d, {threads} threads; median ms of "
+          f"{repeats} interleaved runs; official code from {path}\n")
+    print("| what | official | this project | official / project |")
+    print("|---|---:|---:|---:|")
+    for capacity in (256, 2048):
+        for what in ("term", "update"):
+            a, b = ms[(capacity, f"official {what}")], ms[(capacity, f"project {what}")]
+            label = "whole term (both selectors + loss, fwd + bwd)" if what == "term" else "bank update (rank + write)"
+            print(f"| {label}, bank {capacity} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--official", metavar="PATH", help="a checkout of the official code: time it side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.official is not None:
+        _compare_with_official(args.official, args.repeats, args.threads)
+        return
     steps = {capacity: _steps(capacity) for capacity in (256, 2048)}
     slow = ("loss, direct M x N", "InfoNCE (tau 0.1), all memory as negatives")
     results = {name: _median_ms({c: steps[c][name] for c in steps},

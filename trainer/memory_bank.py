@@ -95,28 +95,29 @@ class ClassMemoryBank:
         group_start = torch.cummax(torch.where(is_start, position, 0), dim=0).values
         rank = position - group_start
         keep = order[rank < per_image]
-        self._write(features[keep], classes[keep], key[keep])
+        self._write(features, keep, classes[keep], key[keep])
 
-    def _write(self, features: torch.Tensor, classes: torch.Tensor, key: torch.Tensor) -> None:
-        """Write vectors as their classes' newest. Within a class the best (lowest key) are
+    def _write(self, features: torch.Tensor, keep: torch.Tensor, classes: torch.Tensor, key: torch.Tensor) -> None:
+        """Write features[keep] as their classes' newest. Within a class the best (lowest key) are
         written last, so they are the newest, and the worst are the first dropped on overflow."""
         n = self.capacity
         order = torch.argsort(-key, stable=True)
         order = order[torch.argsort(classes[order], stable=True)]
-        features, classes = features[order], classes[order]
+        classes = classes[order]
         per_class = torch.bincount(classes, minlength=self.num_classes)
         first = torch.cumsum(per_class, 0) - per_class
         j = torch.arange(len(classes), device=classes.device) - first[classes]
         overflow = (per_class - n).clamp_min(0)  # more new vectors than slots: drop the worst
-        keep = j >= overflow[classes]
-        j = j - overflow[classes]
-        slot = (self.head[classes] + j) % n
-        # Stored as unit vectors: the loss only ever uses directions (and the official code
-        # normalises memory before its selector too), so the norm is paid once, here.
-        unit = torch.nn.functional.normalize(features[keep].to(self.vectors.dtype), dim=1)
-        self.vectors[classes[keep], slot[keep]] = unit
-        written = torch.minimum(per_class, torch.full_like(per_class, n))
-        self.head = (self.head + written) % n
+        written = j >= overflow[classes]
+        slot = (self.head[classes] + j - overflow[classes]) % n
+        # One gather of the feature rows, after all the index work on 1-D tensors. Stored as unit
+        # vectors: the loss only ever uses directions (and the official code normalises memory
+        # before its selector too), so the norm is paid once, here.
+        rows = keep[order][written]
+        unit = torch.nn.functional.normalize(features[rows].to(self.vectors.dtype), dim=1)
+        self.vectors[classes[written], slot[written]] = unit
+        added = torch.minimum(per_class, torch.full_like(per_class, n))
+        self.head = (self.head + added) % n
         self.count = torch.minimum(self.count + per_class, torch.full_like(self.count, n))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
