@@ -39,6 +39,29 @@ def test_best_so_far_ends_at_the_best_report_and_the_best_trial(data):
     assert len(own.x) == len(ended) and sorted(own.y) == sorted(100 * t["best_val_miou"] for t in ended)
 
 
+def test_compute_figure_sums_each_trials_device_time_and_draws_the_pareto_front(data):
+    spent, trials, front = sweep.compute(data).data
+    # The last point: every trial's latest report, time x devices, summed, and the best score of all.
+    latest = {}
+    for r in sorted(data.reports, key=lambda r: r["timestamp"]):
+        latest[r["trial_id"]] = r["time_total_s"] * r["devices"] / 3600
+    assert all(r["devices"] == 1.0 for r in data.reports)  # the study's trials each held one CPU
+    assert spent.x[-1] == pytest.approx(sum(latest.values()))
+    assert list(spent.x) == sorted(spent.x) and spent.y[-1] == pytest.approx(100 * max(r["val_miou"] for r in data.reports))
+    scored = sweep.scored(data)
+    assert sorted(trials.x) == pytest.approx(sorted(t["wall_seconds"] * t["devices"] / 3600 for t in scored))
+    # The front: its cheapest point is the cheapest trial, its last the best, and no trial beats a point of it.
+    points = list(zip(trials.x, trials.y))
+    assert front.x[0] == min(trials.x) and front.y[-1] == max(trials.y)
+    for cost, score in zip(front.x, front.y):
+        assert not any(c <= cost and s > score for c, s in points)
+
+
+def test_pareto_front_keeps_only_the_points_nothing_beats():
+    points = [(1.0, 40.0), (2.0, 38.0), (2.0, 45.0), (3.0, 44.0), (5.0, 50.0), (4.0, 50.0)]
+    assert sweep.pareto_front(points) == [(1.0, 40.0), (2.0, 45.0), (4.0, 50.0)]
+
+
 def test_parallel_coordinates_and_slices_hold_each_trials_sampled_values(data):
     assert set(data.params) == {"lr", "bank_size", "temperature"}
     dims = {d.label: d for d in sweep.parallel_coordinates(data).data[0].dimensions}

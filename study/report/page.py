@@ -22,6 +22,8 @@ from study.location import Location, as_location
 Section = tuple[str, str, str, Callable[[StudyData], go.Figure]]
 SECTIONS: list[Section] = [
     ("best-so-far", "Best so far", "How quickly the search found good configs.", sweep.best_so_far),
+    ("compute", "Score against compute", "What the search spent to get there, and which trials were worth "
+     "their cost (the dotted line: no trial is both cheaper and better).", sweep.compute),
     ("parallel", "Parallel coordinates", "Drag along an axis to select a range.", sweep.parallel_coordinates),
     ("slices", "Slices", "One panel per searched param; hover a dot for its trial.", sweep.slices),
     ("contour", "Bank size x temperature", "Where InfoNCE trials landed.", sweep.bank_temperature_contour),

@@ -86,6 +86,50 @@ def best_so_far(data: StudyData) -> go.Figure:
     return fig
 
 
+def _device_hours(seconds: Any, devices: Any) -> float:
+    """Compute as device-hours: a trial's seconds times the CPUs or GPUs it held (1 if not recorded)."""
+    return float(seconds or 0.0) * float(devices if finite(devices) else 1.0) / 3600
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, score) points no other point beats on both (cheaper or as cheap, and better), by cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or score > front[-1][1]:
+            front.append((cost, score))
+    return front
+
+
+def compute(data: StudyData) -> go.Figure:
+    """What the search paid: best val mIoU against cumulative compute, and each trial's score against its cost."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("best so far against the compute spent",
+                                                        "each trial: best val mIoU against its cost"))
+    rows = {t["trial_id"]: t for t in data.trials}
+    spent: dict[str, float] = {}  # each trial's compute at its latest report
+    xs, ys, texts, best = [], [], [], -math.inf
+    for report in sorted((r for r in data.reports if finite(r["val_miou"])), key=lambda r: r["timestamp"]):
+        spent[report["trial_id"]] = _device_hours(report.get("time_total_s"), report.get("devices"))
+        best = max(best, report["val_miou"])
+        xs.append(sum(spent.values()))
+        ys.append(100 * best)
+        texts.append(hover(rows.get(report["trial_id"], {"trial_id": report["trial_id"]}), report["val_miou"]))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name="best so far",
+                             hovertext=texts, hoverinfo="text+x+y"), row=1, col=1)
+    trials = [t for t in scored(data) if finite(t.get("wall_seconds"))]
+    costs = [_device_hours(t["wall_seconds"], t.get("devices")) for t in trials]
+    fig.add_trace(go.Scatter(x=costs, y=[100 * t["best_val_miou"] for t in trials], mode="markers", name="trials",
+                             marker=dict(color=[STATUS_COLOURS.get(t["status"], "grey") for t in trials], size=9),
+                             hovertext=[hover(t) for t in trials], hoverinfo="text+x"), row=1, col=2)
+    front = pareto_front(list(zip(costs, [100 * t["best_val_miou"] for t in trials])))
+    fig.add_trace(go.Scatter(x=[c for c, _ in front], y=[v for _, v in front], mode="lines", line_shape="hv",
+                             name="Pareto front", line=dict(dash="dot", color="#264653")), row=1, col=2)
+    fig.update_xaxes(title_text="compute: trial time x devices, summed (device-hours)", row=1, col=1)
+    fig.update_xaxes(title_text="trial cost (device-hours)", row=1, col=2)
+    fig.update_yaxes(title_text=MIOU)
+    fig.update_layout(title="Score against compute (devices: CPUs, or GPUs for a trial on GPUs)")
+    return fig
+
+
 def _axis_values(name: str, dist: Any, values: list[Any]) -> dict[str, Any]:
     """A parallel-coordinates axis: log params on a log10 scale, categories as labelled codes."""
     if isinstance(dist, CategoricalDistribution):
