@@ -211,6 +211,8 @@ def test_fifo_on_one_worker_runs_every_trial_to_the_end_one_after_another(tmp_pa
     # The best final val is b's; its test is the table's (written 0.01 below its val).
     first_b = next(t for t in result.trials if t.params["loss"] == "b")
     assert result.selected is first_b and result.selected_test == pytest.approx(0.69)
+    # New bests with the iterations spent by then: c's two evaluations, a's last (400 in all), b's last (600).
+    assert [(p.val, p.iterations_spent) for p in result.anytime] == [(0.4, 100), (0.45, 200), (0.5, 400), (0.7, 600)]
 
 
 def test_asha_stops_exactly_the_trials_below_the_rung_cutoff(tmp_path):

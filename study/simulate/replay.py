@@ -74,6 +74,7 @@ class AnytimePoint:
     test: float | None       # the tabulated test mIoU of that evaluation
     trial_id: str
     iteration: int
+    iterations_spent: int = 0  # every trial's last evaluated iteration, summed: compute that no machine load skews
 
 
 @dataclass
@@ -225,7 +226,7 @@ class _Replay:
         trial.iterations, trial.last_val, trial.last_result = point.iteration, point.val, result
         if not self.anytime or point.val > self.anytime[-1].val:
             self.anytime.append(AnytimePoint(self.clock, self.compute, point.val, point.test, trial.trial_id,
-                                             point.iteration))
+                                             point.iteration, sum(t.iterations for t in self.trials.values())))
         decision = self.scheduler.on_trial_result(None, trial.tune, result)
         last = index == len(trial.curve.points) - 1
         if decision == STOP:  # Tune tells the searcher of the stopping result with on_trial_complete only
