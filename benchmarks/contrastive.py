@@ -165,25 +165,12 @@ def _cuda_is_a_no_op() -> Iterator[None]:
         torch.Tensor.cuda, nn.Module.cuda = tensor_cuda, module_cuda  # type: ignore[method-assign]
 
 
-def _official_selector(dim: int) -> nn.Sequential:
-    """One class selector as the official DeepLabv2 builds it (model/deeplabv2.py)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.LeakyReLU(negative_slope=0.2, inplace=True),
-                         nn.Linear(dim, 1))
-
-
 def _official_heads(features: ClassSelectors, memory: ClassSelectors) -> nn.Module:
     """A module with the official model's selector attributes, holding the same weights as ours."""
     heads = nn.Module()
+    # The official DeepLabv2 (model/deeplabv2.py) builds the same Linear, BN, LeakyReLU(0.2), Linear per class.
     for prefix, selectors in (("contrastive_class_selector_", features), ("contrastive_class_selector_memory", memory)):
-        for c in range(CLASSES):
-            mlp = _official_selector(DIM)
-            with torch.no_grad():
-                mlp[0].weight.copy_(selectors.weight1[c].t())
-                mlp[0].bias.copy_(selectors.bias1[c])
-                mlp[1].weight.copy_(selectors.bn_weight[c])
-                mlp[1].bias.copy_(selectors.bn_bias[c])
-                mlp[3].weight.copy_(selectors.weight2[c][None])
-                mlp[3].bias.copy_(selectors.bias2[c:c + 1])
+        for c, mlp in enumerate(selectors.as_separate_mlps()):
             heads.add_module(prefix + str(c), mlp)
     return heads
 

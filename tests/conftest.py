@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,28 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+# A two-param space for the study-level fault and storage tests; the learning rate spreads tiny
+# trials apart (the report's importance needs scores that differ).
+LR_BANK_SPACE = """
+paper_point: {lr: 0.01, bank_size: 16}
+params:
+  lr: {type: float, low: 0.0001, high: 0.3, log: true}
+  bank_size: {type: int, low: 4, high: 64, log: true}
+"""
+
+
+def study_fixed(**changes: object) -> dict:
+    """``tiny_overrides`` for a study's fixed settings: the study's --max-iters sets the iterations."""
+    fixed = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, **changes)
+    fixed.pop("iterations")
+    return fixed
+
+
+def set_args(fixed: dict) -> list[str]:
+    """``fixed`` as the CLI's ``--set`` values."""
+    return [f"{k}={json.dumps(v)}" for k, v in fixed.items()]
 
 
 REPORT_TINY = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, eval_model="student", contrastive_loss="infonce")

@@ -7,26 +7,10 @@ from trainer.models import selectors as selectors_module
 from trainer.models.selectors import ClassSelectors, rescale_to_mean_one
 
 
-def _as_separate_mlps(selectors: ClassSelectors) -> list[nn.Sequential]:
-    mlps = []
-    for c in range(selectors.num_classes):
-        mlp = nn.Sequential(nn.Linear(selectors.dim, selectors.dim), nn.BatchNorm1d(selectors.dim),
-                            nn.LeakyReLU(0.2), nn.Linear(selectors.dim, 1))
-        with torch.no_grad():
-            mlp[0].weight.copy_(selectors.weight1[c].t())
-            mlp[0].bias.copy_(selectors.bias1[c])
-            mlp[1].weight.copy_(selectors.bn_weight[c])
-            mlp[1].bias.copy_(selectors.bn_bias[c])
-            mlp[3].weight.copy_(selectors.weight2[c][None])
-            mlp[3].bias.copy_(selectors.bias2[c:c + 1])
-        mlps.append(mlp)
-    return mlps
-
-
 def test_pixel_scores_and_gradients_match_separate_mlps():
     torch.manual_seed(0)
     selectors = ClassSelectors(num_classes=4, dim=8)
-    mlps = _as_separate_mlps(selectors)
+    mlps = selectors.as_separate_mlps()
     x = torch.randn(37, 8, requires_grad=True)
     classes = torch.randint(0, 3, (37,))  # class 3 absent
     scores = selectors.score_pixels(x, classes)
@@ -48,7 +32,7 @@ def test_pixel_scores_and_gradients_match_separate_mlps():
 def test_bank_scores_use_only_filled_slots_for_statistics():
     torch.manual_seed(1)
     selectors = ClassSelectors(num_classes=2, dim=4)
-    mlps = _as_separate_mlps(selectors)
+    mlps = selectors.as_separate_mlps()
     bank = torch.randn(2, 5, 4)
     valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
     scores = selectors.score_bank(bank, valid)
@@ -91,7 +75,7 @@ def _check_against_separate(dtype: torch.dtype, training: bool, tol: float) -> N
         selectors.bn_bias.uniform_(-0.5, 0.5)
         selectors.running_mean.uniform_(-0.3, 0.3)
         selectors.running_var.uniform_(0.5, 2.0)
-    mlps = _as_separate_mlps(selectors)
+    mlps = selectors.as_separate_mlps()
     for c, m in enumerate(mlps):
         m[1].running_mean.copy_(selectors.running_mean[c])
         m[1].running_var.copy_(selectors.running_var[c])

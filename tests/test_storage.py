@@ -18,18 +18,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import S3_SECRET, tiny_overrides
+from conftest import LR_BANK_SPACE as SPACE, S3_SECRET, set_args, study_fixed
 from study.cli import main
 
-TINY = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
-TINY.pop("iterations")
-SET = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
-SPACE = """
-paper_point: {lr: 0.01, bank_size: 16}
-params:
-  lr: {type: float, low: 0.0001, high: 0.3, log: true}
-  bank_size: {type: int, low: 4, high: 64, log: true}
-"""
+SET = set_args(study_fixed(eval_model="student"))
 
 
 def _objects(fs: pafs.S3FileSystem, prefix: str) -> dict[str, bytes]:

@@ -27,19 +27,10 @@ import ray  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402  (also sets the S3 test credentials)
+from conftest import LR_BANK_SPACE as SPACE, set_args, study_fixed  # noqa: E402  (also sets the S3 credentials)
 from study.cli import main as cli  # noqa: E402
 
-FIXED = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1)
-FIXED.pop("iterations")
-SET = [f"{k}={json.dumps(v)}" for k, v in FIXED.items()]
-# The learning rate spreads tiny trials apart (the report's importance needs scores that differ).
-SPACE = """
-paper_point: {lr: 0.01, bank_size: 16}
-params:
-  lr: {type: float, low: 0.0001, high: 0.3, log: true}
-  bank_size: {type: int, low: 4, high: 64, log: true}
-"""
+SET = set_args(study_fixed())
 STUDY = ["--samples", "3", "--max-iters", "6", "--grace", "3", "--scheduler", "fifo",
          "--quiet", "--set", *SET]
 

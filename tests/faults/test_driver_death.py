@@ -14,18 +14,11 @@ from pathlib import Path
 import optuna
 import pyarrow.dataset as ds
 
-from conftest import tiny_overrides
+from conftest import LR_BANK_SPACE as SPACE, set_args, study_fixed
 from study.run import run_study
 from study.spec import StudySpec, read_study_json
 
-SPACE = """
-paper_point: {lr: 0.01, bank_size: 16}
-params:
-  lr: {type: float, low: 0.0001, high: 0.3, log: true}
-  bank_size: {type: int, low: 4, high: 64, log: true}
-"""
-FIXED = tiny_overrides(eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
-FIXED.pop("iterations")
+FIXED = study_fixed(eval_model="student")
 STATES = {"finished": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}
 
 
@@ -35,7 +28,7 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     space.write_text(SPACE)
     root = tmp_path / "studies"
     address = ray_local.get_runtime_context().gcs_address
-    assignments = [f"{k}={json.dumps(v)}" for k, v in FIXED.items()]
+    assignments = set_args(FIXED)
     command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", str(root), "--space", str(space),
                "--samples", "6", "--max-iters", "30", "--grace", "9", "--reduction", "3", "--concurrency", "2",
                "--address", address, "--quiet", "--keep-checkpoints", "0", "--set", *assignments]
@@ -103,7 +96,7 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
     space = tmp_path / "tiny.yaml"
     space.write_text(SPACE)
     address = ray_local.get_runtime_context().gcs_address
-    assignments = [f"{k}={json.dumps(v)}" for k, v in FIXED.items()]
+    assignments = set_args(FIXED)
     first, second = tmp_path / "first", tmp_path / "second"
     env = {}
     for folder in (first, second):

@@ -200,6 +200,26 @@ class ClassSelectors(nn.Module):
         a = F.leaky_relu_(layout.linear(x, self.weight1 * scale[:, None, :]).add_(layout.spread(shift)), SLOPE)
         return layout.row_dot(a, self.weight2) + layout.spread(self.bias2[:, None])[..., 0]
 
+    def as_separate_mlps(self) -> list[nn.Sequential]:
+        """The C selectors as the separate modules the paper describes (and the official code builds), holding
+        these weights: the reference the batched form is tested and timed against."""
+        mlps = []
+        for c in range(self.num_classes):
+            mlp = nn.Sequential(nn.Linear(self.dim, self.dim), nn.BatchNorm1d(self.dim, momentum=self.momentum,
+                                                                              eps=self.eps),
+                                nn.LeakyReLU(SLOPE), nn.Linear(self.dim, 1)).to(self.weight1.dtype)
+            with torch.no_grad():
+                mlp[0].weight.copy_(self.weight1[c].t())
+                mlp[0].bias.copy_(self.bias1[c])
+                mlp[1].weight.copy_(self.bn_weight[c])
+                mlp[1].bias.copy_(self.bn_bias[c])
+                mlp[1].running_mean.copy_(self.running_mean[c])
+                mlp[1].running_var.copy_(self.running_var[c])
+                mlp[3].weight.copy_(self.weight2[c][None])
+                mlp[3].bias.copy_(self.bias2[c:c + 1])
+            mlps.append(mlp)
+        return mlps
+
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, counts: torch.Tensor) -> None:
         # Like BatchNorm1d: unbiased variance in the running estimate; classes absent from the batch keep theirs.
