@@ -151,11 +151,13 @@ def confusion_figure(data: StudyData) -> go.Figure | None:
         z=[[None if np.isnan(v) else float(v) for v in row] for row in share], x=names, y=names,
         text=counts.tolist(), colorscale="Blues", zmin=0, zmax=100, colorbar=dict(title="% of row"),
         hovertemplate="true %{y}, predicted %{x}: %{z:.1f}% of the class's pixels (%{text} px)<extra></extra>"))
-    seeds = ", ".join(str(r["seed"]) for r in runs)
+    seeds = (f"seeds {', '.join(str(r['seed']) for r in runs)} summed" if len(runs) > 1
+             else f"seed {runs[0]['seed']}")
     fig.update_layout(title=f"Confusion of the winner ({esc(shown.winner)}) on the test split: {shown.source} runs "
-                            f"at {shown.iterations} iterations, seeds {seeds} summed; each row (true class) sums to 100%",
-                      xaxis=dict(title="predicted class", type="category"),
-                      yaxis=dict(title="true class", type="category", autorange="reversed", scaleanchor="x"),
+                            f"at {shown.iterations} iterations, {seeds}; each row (true class) sums to 100%",
+                      xaxis=dict(title="predicted class", type="category", showgrid=False, constrain="domain"),
+                      yaxis=dict(title="true class", type="category", autorange="reversed", scaleanchor="x",
+                                 showgrid=False, constrain="domain"),
                       height=max(420, 160 + 36 * len(names)))
     return fig
 
