@@ -33,9 +33,10 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.evaluation import LOSS_PARTS, Evaluation
 
 # 2: the trials table gained params and distributions. 3: reports gained test_miou and the compute
-# columns (devices, device_type), trials gained train_seconds, devices and device_type.
-SCHEMA_VERSION = 3
-READS = (2, 3)  # versions this code reads: an older part's missing columns read as null
+# columns (devices, device_type), trials gained train_seconds, devices and device_type. 4: retrain
+# and ablate rows gained test_confusion and val_preview.
+SCHEMA_VERSION = 4
+READS = (2, 3, 4)  # versions this code reads: an older part's missing columns read as null
 VERSION_KEY = b"semiseg_schema_version"
 TABLE_KEY = b"semiseg_table"  # which table a file holds, so that a misplaced file is caught
 CONFIG_PREFIX = "config."
@@ -97,7 +98,7 @@ class Table:
 
 def _type_name(arrow_type: pa.DataType) -> str:
     return str(arrow_type).replace("timestamp[ms, tz=UTC]", "timestamp[ms, UTC]").replace(
-        "list<item: double>", "list<float64>").replace("double", "float64")
+        "item: ", "").replace("double", "float64")
 
 
 _LOSS_MEANINGS = {"supervised": "mean of the loss part since the previous evaluation",
@@ -157,6 +158,18 @@ TRIALS = Table("trials", ("trial_id",), (
     Column("device_type", pa.string(), "as in reports", since=3),
 ))
 
+# What a retrain or ablate run keeps besides its scores: what the report draws (study/previews.py).
+PREVIEW_ENTRY = pa.struct([("index", pa.int64()), ("image", pa.binary()), ("label", pa.binary()),
+                           ("prediction", pa.binary())])
+PICTURES = (
+    Column("test_confusion", pa.list_(pa.list_(pa.int64())), "pixel counts of the test scoring, one list per true "
+           "class, one count per predicted class (ignored pixels left out): test_miou and test_iou follow from it",
+           since=4),
+    Column("val_preview", pa.list_(PREVIEW_ENTRY), "the first few val images (the same for every run), each: index "
+           "in the val split, the input image (JPEG), its ground truth and the run's prediction (PNGs of uint8 "
+           "class ids, 255 = ignore)", since=4),
+)
+
 RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (
     *_WRITTEN_BY,
     Column("candidate", pa.string(), "'#1 <trial id>', 'paper point' or 'supervised only'"),
@@ -170,6 +183,7 @@ RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (
     Column("train_seconds", pa.float64(), "training time, evaluations excluded"),
     Column("node", pa.string(), "Ray node of the run"),
     Column("timestamp", _TIMESTAMP, "when the driver stored it"),
+    *PICTURES,
 ))
 
 # An ablation plan is a list of variants (the winner, the paper point, each group left out of the
@@ -202,6 +216,7 @@ ABLATE = Table("ablate", ("run_id", "variant"), (
     Column("shared_run", pa.bool_(), "true: the same config as another variant's run, whose numbers it repeats "
                                      "(trained once)"),
     Column("timestamp", _TIMESTAMP, "when the driver stored it"),
+    *PICTURES,
 ))
 
 TABLES = {t.name: t for t in (REPORTS, TRIALS, RETRAIN, ABLATE)}

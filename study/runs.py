@@ -12,6 +12,7 @@ import math
 from typing import Any, Callable, Sequence, TypeVar
 
 from study.location import Location
+from study.previews import PREVIEW_IMAGES, encode
 from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig
 
@@ -29,6 +30,9 @@ def fresh_seeds(count: int) -> list[int]:
 
 def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
     """One run (in a Ray worker): train at its budget, score on test and val, and say what it cost.
+
+    It also brings back the confusion matrix of its test scoring and its predictions on the first
+    ``PREVIEW_IMAGES`` val images (``study/previews.py``): what the report draws.
 
     A run whose loss turns NaN or inf comes back with ``diverged`` (the reason) and NaN scores
     instead of raising: the same config and seed would diverge again, so the caller records it
@@ -49,12 +53,15 @@ def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
         seen["placement"] = placement(trainer)
 
     try:
-        result = fit(cfg, on_evaluation=count, on_diverged=diverged, final_test=True)
+        result = fit(cfg, on_evaluation=count, on_diverged=diverged, final_test=True, preview=PREVIEW_IMAGES)
         scores = {"test_miou": result.test_miou, "test_iou": result.test_iou, "val_miou": result.val_miou,
-                  "diverged": None}
+                  "diverged": None, "test_confusion": result.test_confusion,
+                  "val_preview": [encode(p.index, p.image.numpy(), p.label.numpy(), p.prediction.numpy())
+                                  for p in result.previews]}
         seen.update(seconds=result.train_seconds, iteration=result.iteration)
     except DivergedError as err:
-        scores = {"test_miou": math.nan, "test_iou": None, "val_miou": math.nan, "diverged": str(err)}
+        scores = {"test_miou": math.nan, "test_iou": None, "val_miou": math.nan, "diverged": str(err),
+                  "test_confusion": None, "val_preview": None}
     where = seen["placement"]
     # The cost of what it trained up to its last evaluation (none before a divergence: unknown).
     timed = seen["iteration"] > 0 and seen["seconds"] > 0

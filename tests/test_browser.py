@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
+from study.previews import PREVIEW_IMAGES
 from study.report import SECTIONS
 from study.report.page import ABLATION_FIGURES
 
@@ -24,12 +25,22 @@ DRAWN = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
   const size = t => {
     const arrays = [t.x, t.y, t.z, t.values, t.dimensions, t.cells && t.cells.values];
-    return Math.max(0, ...arrays.filter(a => a && a.length !== undefined).map(a => a.length));
+    return Math.max(t.source ? 1 : 0, ...arrays.filter(a => a && a.length !== undefined).map(a => a.length));
   };
   return {id: gd.id, traces: gd.data.length, filled: gd.data.filter(t => size(t) > 0).length,
           drawn: gd.querySelectorAll('.trace, .table, .parcoords, .contour, .hm').length,
           svg: gd.querySelectorAll('.main-svg').length};
 });
+"""
+
+# The images of the pictures figure as drawn: (href, width, height) of each, and how many image traces it has.
+PICTURES = """
+const gd = document.getElementById('fig-pictures');
+return {traces: gd.data.filter(t => t.type === 'image').length,
+        images: Array.from(gd.querySelectorAll('.im image')).map(e => {
+          const box = e.getBoundingClientRect();
+          return [e.getAttribute('href') || e.getAttribute('xlink:href') || '', box.width, box.height];
+        })};
 """
 
 
@@ -73,6 +84,7 @@ def test_every_figure_is_drawn_without_a_console_error(browser, small_study, abl
     ids = re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page.read_text())
     assert {f"fig-{key}" for key, *_ in SECTIONS} <= set(ids) and {"fig-compare-best", "fig-compare-table"} <= set(ids)
     assert {f"fig-{key}" for key in ABLATION_FIGURES} <= set(ids)
+    assert {"fig-pictures", "fig-confusion"} <= set(ids)  # from the ablation's runs: the study has no retrain
 
     figures = _open(browser, page, len(ids))
     assert [f["id"] for f in figures] == ids
@@ -81,6 +93,11 @@ def test_every_figure_is_drawn_without_a_console_error(browser, small_study, abl
         assert figure["drawn"] >= 1, f"{figure['id']} drew nothing: {figure}"
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
+    # The pictures: every image trace drawn from its embedded data URI, with a size on the page.
+    pictures = browser.execute_script(PICTURES)
+    assert pictures["traces"] == PREVIEW_IMAGES * 4 and len(pictures["images"]) == pictures["traces"]
+    for href, width, height in pictures["images"]:
+        assert href.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) and width > 20 and height > 20
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0  # the name stayed text
     assert "<img src=x onerror=alert(1)>" in browser.find_element("tag name", "h1").text
     assert browser.find_element("id", "written").text.startswith("Written 20")

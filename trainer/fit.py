@@ -18,13 +18,14 @@ and score the test split at the end. Nothing here knows of Ray or Optuna.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -377,22 +378,50 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str = "val", model: str | None = None) -> tuple[float, list[float]]:
-        """mIoU and per-class IoU on ``split`` ('val' or 'test') of the teacher or the student,
-        every labeled pixel at the labels' own resolution."""
+    def _predictions(self, split: str, model: str | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(images, labels, predicted classes) of ``split``, batch by batch, from the evaluated network
+        (teacher or student, with ``eval_flip``), every labeled pixel at the labels' own resolution."""
         net = {"teacher": self.teacher, "student": self.student}[model or self.cfg.eval_model]
         was_training = net.training
         net.eval()
+        try:
+            for images, labels in self.data.split(split).batches(self.cfg.eval_batch):
+                images, labels = self._on_device(images, labels)
+                logits = net(images)[0]
+                if self.cfg.eval_flip:
+                    logits = logits + net(images.flip(-1))[0].flip(-1)
+                yield images, labels, _upsample(logits, labels).argmax(dim=1)
+        finally:  # also when a caller stops early (``preview``)
+            net.train(was_training)
+
+    def confusion(self, split: str = "val", model: str | None = None) -> torch.Tensor:
+        """[C, C] pixel counts on ``split``, rows = true class, columns = predicted (ignored pixels left out)."""
         confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        for images, labels in self.data.split(split).batches(self.cfg.eval_batch):
-            images, labels = self._on_device(images, labels)
-            logits = net(images)[0]
-            if self.cfg.eval_flip:
-                logits = logits + net(images.flip(-1))[0].flip(-1)
-            prediction = _upsample(logits, labels).argmax(dim=1)
+        for _, labels, prediction in self._predictions(split, model):
             confusion += confusion_matrix(prediction, labels, self.num_classes)
-        net.train(was_training)
+        return confusion
+
+    def evaluate(self, split: str = "val", model: str | None = None) -> tuple[float, list[float]]:
+        """mIoU and per-class IoU on ``split`` ('val' or 'test') of the teacher or the student."""
+        confusion = self.confusion(split, model)
         return mean_iou(confusion), iou_per_class(confusion).tolist()
+
+    def preview(self, count: int, split: str = "val") -> list[Preview]:
+        """The first ``count`` images of ``split`` (the same for every run of a dataset) with their labels
+        and the evaluated network's prediction: what a researcher looks at first."""
+        shown: list[Preview] = []
+        if count < 1:
+            return shown
+        batches = self._predictions(split)
+        with contextlib.closing(batches):  # stop reading (and decoding) once enough are in
+            for images, labels, prediction in batches:
+                for image, label, predicted in zip(images, labels, prediction):
+                    shown.append(Preview(len(shown), _as_bytes(image.permute(1, 2, 0)), label.to(torch.uint8).cpu(),
+                                         predicted.to(torch.uint8).cpu()))
+                    if len(shown) == count:
+                        return shown
+        return shown
 
     def evaluation(self, split: str = "val") -> Evaluation:
         """Evaluate and collect the metrics since the previous evaluation."""
@@ -497,12 +526,24 @@ def _read_checkpoint(path: str | Path) -> Any:
 
 
 @dataclass
+class Preview:
+    """One val image as a run sees it, on the CPU: all uint8, at the labels' resolution."""
+
+    index: int                 # its place in the split
+    image: torch.Tensor        # [H, W, 3] RGB
+    label: torch.Tensor        # [H, W] ground-truth classes, 255 = ignore
+    prediction: torch.Tensor   # [H, W] predicted classes
+
+
+@dataclass
 class FitResult:
     """How a run ended: its last val evaluation and, with ``final_test``, its test scores."""
 
     last: Evaluation
     test_miou: float | None = None
     test_iou: list[float] | None = None
+    test_confusion: list[list[int]] | None = None  # the test scores follow from it (rows true, columns predicted)
+    previews: list[Preview] = field(default_factory=list)  # with ``preview``: the first val images predicted
 
     # The last evaluation comes after the last step, so it holds the run's final numbers.
     @property
@@ -527,7 +568,7 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
         on_evaluation: Callable[[Evaluation, Trainer], None] | None = None,
         on_diverged: Callable[[DivergedError, Trainer], None] | None = None,
         resume_from: str | Path | None = None, out: str | Path | None = None,
-        progress: bool = False, final_test: bool = False) -> FitResult:
+        progress: bool = False, final_test: bool = False, preview: int = 0) -> FitResult:
     """Train ``cfg`` to the end: the one driver of a run (``semiseg-study train``, a Tune trial, a retrain run).
 
     Evaluates on val every ``eval_every`` iterations and at the end.
@@ -539,7 +580,8 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
       metrics.jsonl (``Evaluation.as_dict()`` per evaluation, then ``FitResult.final_record()``;
       a resumed run appends to it).
     - ``progress``: bars for the pretraining and the training, and a line per evaluation.
-    - ``final_test``: score the test split at the end.
+    - ``final_test``: score the test split at the end (and keep its confusion matrix).
+    - ``preview``: predict the first ``preview`` val images at the end (``FitResult.previews``).
     """
     bars = ProgressBars(cfg.iterations) if progress else None
     trainer = Trainer(cfg, data, bars)
@@ -571,7 +613,11 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
             bars.close()
     result = FitResult(last if last is not None else trainer.evaluation("val"))  # None: resumed at the very end
     if final_test:
-        result.test_miou, result.test_iou = trainer.evaluate("test")
+        confusion = trainer.confusion("test")
+        result.test_miou, result.test_iou = mean_iou(confusion), iou_per_class(confusion).tolist()
+        result.test_confusion = confusion.tolist()
+    if preview:
+        result.previews = trainer.preview(preview)
     if out is not None:
         _append_json_line(out / "metrics.jsonl", result.final_record())
     return result
@@ -582,6 +628,11 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
 def _append_json_line(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def _as_bytes(image: torch.Tensor) -> torch.Tensor:
+    """An image in [0, 1] as uint8 on the CPU (for looking at, not for training)."""
+    return image.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
 def _upsample(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from plotly.offline import get_plotlyjs
 
 from study.report import compare, sweep, trials
 from study.report.ablate import ablation_figures
+from study.report.pictures import picture_figures
 from study.report.retrain import retrain_figures
 from study.report.data import StudyData, esc, load_study
 from study.records import STATUSES
@@ -70,6 +71,11 @@ def render(data: StudyData, others: list[StudyData] = (), refresh: float | None 
                      "<p class='hint'>Left out: the winner with the group at the paper point's values. Added in: "
                      "the paper point with the group at the winner's values. Same seeds for every variant.</p>")
         parts += [_div(fig, key) for key, fig in zip(ABLATION_FIGURES, ablation_figures(data.ablate))]
+    pictures = picture_figures(data)
+    if pictures:
+        parts.append("<h2>What the models predict</h2><p class='hint'>The same val images for every run; "
+                     "hover a pixel for its place, read its class from the legend.</p>")
+        parts += [_div(fig, key) for key, fig in pictures]
     counts = {s: sum(t.get("status") == s for t in data.trials) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     meta = f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">' if refresh and running else ""
