@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("points: name a study, or give --from-table")
     write_text_atomic(args.out, json.dumps(chosen, indent=2) + "\n")
-    print(f"{len(chosen)} configs of {args.name} -> {args.out}")
+    print(f"{len(chosen)} configs of {args.name or args.table} -> {args.out}")
     return 0
 
 
