@@ -19,7 +19,10 @@ from the table instead of a study::
 
     semiseg-study run --name digits-curves-2 --searcher random --scheduler fifo --samples 38 \\
         --seed 14 --set eval_test=true     # the paper point (seed 0 again), then 37 new
-    python benchmarks/curves.py table --merge digits-curves-2
+    python benchmarks/curves.py table --merge digits-curves-2     # 12 of them finished before it was cut
+    semiseg-study run --name digits-curves-3 --searcher random --scheduler fifo --samples 27 \\
+        --seed 15 --set eval_test=true     # a new seed: seed 14 would draw the same configs again
+    python benchmarks/curves.py table --merge digits-curves-3
     python benchmarks/curves.py points --from-table --count 24 -o studies/seed1-points.json
     semiseg-study run --name digits-curves-seed1 --searcher random --scheduler fifo --samples 25 \\
         --points studies/seed1-points.json --set eval_test=true seed=1     # the paper point, then the 24
