@@ -36,7 +36,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 

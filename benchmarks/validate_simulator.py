@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -31,8 +30,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from study.location import as_location
+from study.report.sweep import best_against_spent
 from study.simulate import CurveTable, method_from_flags
-from study.simulate.efficiency import repeat
+from study.simulate.efficiency import anytime_band, repeat, step_at
 from study.spec import read_study_json
 from study.store import ResultStore
 from trainer.atomic import write_text_atomic
@@ -43,37 +43,13 @@ GRID = 200
 
 
 def real_anytime(folder: str, axis: str) -> tuple[list[float], list[float]]:
-    """A real study's (cumulative compute, best val mIoU so far) at each of its reports, in the order the
-    driver received them; a trial's compute is its latest ``iteration`` or ``time_total_s``."""
+    """A real study's (cumulative compute, best val mIoU so far) at each of its reports; a trial's compute
+    is its latest ``iteration`` or ``time_total_s``."""
     location = as_location(folder)
-    store = ResultStore(location, read_study_json(location).name)
-    reports = sorted((r for r in store.reports().to_pylist() if r["val_miou"] is not None
-                      and math.isfinite(r["val_miou"])), key=lambda r: r["timestamp"])
-    spent: dict[str, float] = {}
-    compute, best, value = [], [], -math.inf
-    for r in reports:
-        spent[r["trial_id"]] = float(r["iteration"] if axis == "iterations" else r["time_total_s"] or 0.0)
-        value = max(value, r["val_miou"])
-        compute.append(sum(spent.values()))
-        best.append(value)
-    return compute, best
-
-
-def simulated_band(sims: list, grid: np.ndarray, axis: str) -> np.ndarray:
-    """Best val so far at each compute of ``grid``, per repeat (rows); NaN before a repeat's first evaluation."""
-    rows = []
-    for sim in sims:
-        xs = [p.iterations_spent if axis == "iterations" else p.compute_s for p in sim.anytime]
-        rows.append(step_at(xs, [p.val for p in sim.anytime], grid) if xs else np.full(len(grid), np.nan))
-    return np.array(rows)
-
-
-def step_at(xs: list[float], ys: list[float], grid: np.ndarray) -> np.ndarray:
-    """The step function (xs, ys) on ``grid``: NaN before the first x."""
-    index = np.searchsorted(np.asarray(xs), grid, side="right") - 1
-    out = np.asarray(ys, dtype=float)[np.clip(index, 0, None)]
-    out[index < 0] = np.nan
-    return out
+    reports = ResultStore(location, read_study_json(location).name).reports().to_pylist()
+    key = "iteration" if axis == "iterations" else "time_total_s"
+    _, xs, ys = best_against_spent(reports, lambda r: float(r[key] or 0.0))
+    return xs, ys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = np.linspace(0.0, xs[-1], GRID)
         sims = repeat(method, table, repeats=args.repeats, workers=workers, startup_s=startup, samples=spec.samples,
                       space=spec.search_space)
-        band = simulated_band(sims, grid, args.axis)
+        band = anytime_band(sims, grid, "iterations" if args.axis == "iterations" else "compute")
         with np.errstate(all="ignore"):
             low, mid, high = (np.nanquantile(band, q, axis=0) for q in (BAND[0], 0.5, BAND[1]))
         real = step_at(xs, ys, grid)

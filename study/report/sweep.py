@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -100,21 +100,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def best_against_spent(reports: list[dict[str, Any]], spent: Callable[[dict[str, Any]], float]
+                       ) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    """The scored reports in the order the driver received them, the study's compute by then (each trial's
+    ``spent`` at its latest report, summed) and the best val mIoU by then."""
+    ordered = sorted((r for r in reports if finite(r["val_miou"])), key=lambda r: r["timestamp"])
+    latest: dict[str, float] = {}
+    xs, ys, best = [], [], -math.inf
+    for report in ordered:
+        latest[report["trial_id"]] = spent(report)
+        best = max(best, report["val_miou"])
+        xs.append(sum(latest.values()))
+        ys.append(best)
+    return ordered, xs, ys
+
+
 def compute(data: StudyData) -> go.Figure:
     """What the search paid: best val mIoU against cumulative compute, and each trial's score against its cost."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("best so far against the compute spent",
                                                         "each trial: best val mIoU against its cost"))
     rows = {t["trial_id"]: t for t in data.trials}
-    spent: dict[str, float] = {}  # each trial's compute at its latest report
-    xs, ys, texts, best = [], [], [], -math.inf
-    for report in sorted((r for r in data.reports if finite(r["val_miou"])), key=lambda r: r["timestamp"]):
-        spent[report["trial_id"]] = _device_hours(report.get("time_total_s"), report.get("devices"))
-        best = max(best, report["val_miou"])
-        xs.append(sum(spent.values()))
-        ys.append(100 * best)
-        texts.append(hover(rows.get(report["trial_id"], {"trial_id": report["trial_id"]}), report["val_miou"]))
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name="best so far",
-                             hovertext=texts, hoverinfo="text+x+y"), row=1, col=1)
+    reports, xs, ys = best_against_spent(data.reports, lambda r: _device_hours(r.get("time_total_s"), r.get("devices")))
+    texts = [hover(rows.get(r["trial_id"], {"trial_id": r["trial_id"]}), r["val_miou"]) for r in reports]
+    fig.add_trace(go.Scatter(x=xs, y=[100 * y for y in ys], mode="lines+markers", line_shape="hv",
+                             name="best so far", hovertext=texts, hoverinfo="text+x+y"), row=1, col=1)
     trials = [t for t in scored(data) if finite(t.get("wall_seconds"))]
     costs = [_device_hours(t["wall_seconds"], t.get("devices")) for t in trials]
     fig.add_trace(go.Scatter(x=costs, y=[100 * t["best_val_miou"] for t in trials], mode="markers", name="trials",

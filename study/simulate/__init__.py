@@ -22,7 +22,7 @@ space where training diverges is replayed by its nearest healthy neighbour; and 
 trials also scored the test split at every evaluation (``eval_test``), so its evaluations cost
 a little more than a study's.
 
-Modules: ``table`` (the curves and the nearest-config rule), ``surrogate`` (the Gaussian
+Modules: ``curve`` (what a curve is), ``table`` (the curves and the nearest-config rule), ``surrogate`` (the Gaussian
 process), ``replay`` (the event loop),
 ``methods`` (the registered searcher + scheduler pairs), ``efficiency`` (repeats, the target and
 the figures of the benchmark and of ``semiseg-study simulate``).

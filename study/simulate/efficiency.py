@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from search_spaces import SearchSpace
 from study.simulate.methods import METHODS, Method, run_method
-from study.simulate.replay import SimResult
+from study.simulate.replay import _EPS, SimResult
 from study.simulate.table import CurveTable, measured_startup, validate
 
 TARGET_QUANTILE = 0.95
@@ -87,15 +87,26 @@ def summarize(method: str, results: Sequence[SimResult], target: float) -> Summa
                    float(np.median([len(r.trials) for r in results])))
 
 
-def anytime_band(results: Sequence[SimResult], grid: Sequence[float]) -> np.ndarray:
-    """Best val so far at each compute of ``grid``, per repeat (rows) — NaN before a repeat's first evaluation."""
+def anytime_band(results: Sequence[SimResult], grid: Sequence[float], axis: str = "compute") -> np.ndarray:
+    """Best val so far at each point of ``grid``, per repeat (rows); NaN before a repeat's first evaluation.
+
+    ``axis``: what the grid counts, "compute" (seconds of trial time, start-ups included) or
+    "iterations" (every trial's last evaluated iteration, summed)."""
     band = np.full((len(results), len(grid)), np.nan)
     for i, result in enumerate(results):
-        for j, compute in enumerate(grid):
-            point = result.incumbent(compute_s=compute)
-            if point is not None:
-                band[i, j] = point.val
+        xs = [p.iterations_spent if axis == "iterations" else p.compute_s for p in result.anytime]
+        band[i] = step_at(xs, [p.val for p in result.anytime], grid)
     return band
+
+
+def step_at(xs: Sequence[float], ys: Sequence[float], grid: Sequence[float]) -> np.ndarray:
+    """The step function through (xs, ys), xs ascending, at each point of ``grid``; NaN before the first x."""
+    if not len(xs):
+        return np.full(len(grid), np.nan)
+    index = np.searchsorted(np.asarray(xs, dtype=float), np.asarray(grid, dtype=float) + _EPS, side="right") - 1
+    out = np.asarray(ys, dtype=float)[np.clip(index, 0, None)]
+    out[index < 0] = np.nan
+    return out
 
 
 def format_seconds(value: float) -> str:

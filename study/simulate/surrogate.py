@@ -19,6 +19,7 @@ whole curve, so that repeats of a method see seeds differ as real studies do.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -27,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from study.simulate.table import Curve, CurvePoint, config_id, unit
+from study.simulate.curve import Curve, CurvePoint, config_id, unit
 
 
 class CurveSurrogate:
@@ -43,12 +44,17 @@ class CurveSurrogate:
         inputs = np.array([self.encode(c.params) for c in curves])
         scores = np.array([[p.val for p in c.points] + ([p.test for p in c.points] if self.has_test else [])
                            for c in curves])
-        # Seconds per iteration of each trial, and the share of its final seconds at each evaluation.
-        seconds = np.array([[p.seconds for p in c.points] for c in curves])
-        self.seconds_profile = np.median(seconds / seconds[:, -1:], axis=0)
+        self._inputs = inputs
+        self._seconds = np.array([[p.seconds for p in c.points] for c in curves])
+        # The share of a trial's final seconds at each evaluation: the table's median profile.
+        self.seconds_profile = np.median(self._seconds / self._seconds[:, -1:], axis=0)
         self.score_gp, self.score_mean = _fit(inputs, scores)
-        self.seconds_gp, self.seconds_mean = _fit(inputs, np.log(seconds[:, -1:] / self.iterations[-1]))
-        self.noise_sd = math.sqrt(_noise_level(self.score_gp))
+        self.noise_sd = math.sqrt(float(self.score_gp.kernel_.k2.noise_level))
+
+    @functools.cached_property
+    def _seconds_model(self) -> tuple[Any, np.ndarray]:
+        # Fitted on first need: ``validate`` refits the surrogate once per held-out config for scores alone.
+        return _fit(self._inputs, np.log(self._seconds[:, -1:] / self.iterations[-1]))
 
     def encode(self, params: Mapping[str, Any]) -> list[float]:
         """The unit cube of the space: a number's place in its range (log ranges on a log scale), a
@@ -62,14 +68,17 @@ class CurveSurrogate:
                 features.append(unit(params[name], dist) if name in params else 0.5)
         return features
 
+    def scores(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The posterior mean of the scores: (val per evaluation, test per evaluation or None)."""
+        scores = self.score_gp.predict(np.array([self.encode(params)]))[0] + self.score_mean
+        n = len(self.iterations)
+        return scores[:n], (scores[n:] if self.has_test else None)
+
     def predict(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """The posterior mean: (val per evaluation, test per evaluation or None, seconds at each evaluation)."""
-        x = np.array([self.encode(params)])
-        scores = self.score_gp.predict(x)[0] + self.score_mean
-        n = len(self.iterations)
-        per_iteration = math.exp(float(self.seconds_gp.predict(x).ravel()[0] + self.seconds_mean[0]))
-        seconds = per_iteration * self.iterations[-1] * self.seconds_profile
-        return scores[:n], (scores[n:] if self.has_test else None), seconds
+        gp, mean = self._seconds_model
+        per_iteration = math.exp(float(gp.predict(np.array([self.encode(params)])).ravel()[0] + mean[0]))
+        return (*self.scores(params), per_iteration * self.iterations[-1] * self.seconds_profile)
 
     def curve(self, params: Mapping[str, Any], rng: np.random.Generator | np.random.RandomState | None = None
               ) -> Curve:
@@ -97,7 +106,3 @@ def _fit(inputs: np.ndarray, targets: np.ndarray) -> tuple[Any, np.ndarray]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=0, random_state=0).fit(inputs, targets - mean)
     return gp, mean
-
-
-def _noise_level(gp: Any) -> float:
-    return float(gp.kernel_.k2.noise_level)

@@ -16,12 +16,10 @@ proposed config is "trained" by replaying a curve the table predicts for it
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
@@ -30,37 +28,15 @@ import pyarrow.parquet as pq
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 
 from study.records import FINISHED
+from study.rung_ranks import spearman
+from study.simulate.curve import Curve, CurvePoint, config_id, unit
+from study.simulate.surrogate import CurveSurrogate
 
 if TYPE_CHECKING:
     from study.location import Location
-from study.rung_ranks import spearman
 
-@dataclass(frozen=True)
-class CurvePoint:
-    iteration: int
-    val: float
-    test: float | None
-    seconds: float  # the trial's time from the end of its start-up to the end of this evaluation
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One full-budget trial of the table."""
-
-    key: str                 # "study/trial_id": unique, and the tie-breaker of ``nearest``
-    config_id: str
-    seed: int | None
-    params: dict[str, Any]
-    points: tuple[CurvePoint, ...]
-    setup_s: float = 0.0     # its in-process start-up, taken out of ``points``' seconds
-
-    @property
-    def final(self) -> CurvePoint:
-        return self.points[-1]
-
-    @property
-    def budget(self) -> int:
-        return self.final.iteration
+__all__ = ["Curve", "CurvePoint", "CurveTable", "config_id", "curve_seconds", "distance", "measured_startup",
+           "study_curves", "unit", "validate"]
 
 
 def curve_seconds(time_total_s: Sequence[float], train_seconds: Sequence[float | None]) -> tuple[list[float], float]:
@@ -112,8 +88,6 @@ class CurveTable:
         if self.model == "nearest":
             return self.nearest(params, distributions)
         if self._surrogate is None:
-            from study.simulate.surrogate import CurveSurrogate
-
             self._surrogate = CurveSurrogate(self.curves, self.distributions)
         return self._surrogate.curve(params, rng)
 
@@ -160,11 +134,6 @@ class CurveTable:
         return min(candidates, key=lambda c: (distance(params, c.params, scales), c.key))
 
 
-def config_id(params: str) -> str:
-    """A configuration's name: the same sampled values give the same id, whatever the seed."""
-    return hashlib.sha256(json.dumps(json.loads(params), sort_keys=True).encode()).hexdigest()[:12]
-
-
 def study_curves(folder: "str | Path | Location") -> list[dict[str, Any]]:
     """The table's rows of one study: one per evaluation, with its trial's config and outcome.
 
@@ -194,14 +163,6 @@ def study_curves(folder: "str | Path | Location") -> list[dict[str, Any]]:
     return rows
 
 
-def unit(value: Any, dist: BaseDistribution) -> float:
-    """A number's position in its distribution's range, 0 to 1 (on a log scale for a log range)."""
-    low, high = float(dist.low), float(dist.high)
-    if getattr(dist, "log", False):
-        low, high, value = math.log(low), math.log(high), math.log(value)
-    return 0.0 if high == low else (float(value) - low) / (high - low)
-
-
 def param_distance(a: Any, b: Any, dist: BaseDistribution | None) -> float:
     """0 to 1: the gap of two numbers within their range; categories (or a param without a range) differ by 1."""
     if dist is None or isinstance(dist, CategoricalDistribution):
@@ -227,8 +188,6 @@ def validate(table: CurveTable, model: str | None = None) -> dict[str, Any]:
     the mean absolute difference of final val between two seeds of one config). "mae_of_mean"
     is the error of predicting every config by the mean of the others: the bar to beat.
     """
-    from study.simulate.surrogate import CurveSurrogate
-
     model = model or table.model
     truths, predictions, baselines = [], [], []
     for curve in table.curves:
@@ -236,7 +195,7 @@ def validate(table: CurveTable, model: str | None = None) -> dict[str, Any]:
         if model == "nearest":
             predictions.append(table.nearest(curve.params, exclude={curve.config_id}).final.val)
         else:
-            predictions.append(float(CurveSurrogate(others, table.distributions).predict(curve.params)[0][-1]))
+            predictions.append(float(CurveSurrogate(others, table.distributions).scores(curve.params)[0][-1]))
         truths.append(curve.final.val)
         baselines.append(abs(statistics.fmean(c.final.val for c in others) - curve.final.val))
     seeds: dict[str, list[float]] = {}
