@@ -13,8 +13,9 @@ Rows:
 - loss, direct M x N: the same loss by its definition (per class, M x N similarities)
 - whole term: selectors on the pixels (class blocks, bmm) and on the bank (bmm), the
   rescaled weights and the closed-form loss, forward + backward
-- bank update: rank 23,534 candidates with the teacher's selector and write the
-  best per image and class into the ring buffers
+- bank update: of 23,534 candidates, rank those that compete for a place (an image's
+  class with more than its quota) with the teacher's selector and write the best per
+  image and class into the ring buffers
 
 ``--official PATH`` names a checkout of github.com/Shathe/SemiSeg-Contrastive. Its
 ``contrastive_losses.py`` and ``utils/feature_memory.py`` are imported from there at run time
@@ -97,14 +98,14 @@ def _whole_term(feature_selectors: ClassSelectors, memory_selectors: ClassSelect
 
 def _update(teacher_selectors: ClassSelectors, memory: ClassMemoryBank, z: torch.Tensor,
             classes: torch.Tensor) -> Callable[[], None]:
-    """Rank every candidate with the teacher's selector and write the best per image and class."""
+    """Rank the competing candidates with the teacher's selector and write the best per image and class."""
     images = torch.arange(PIXELS) // (41 * 41)
     per_image = _voc_quota(memory.capacity)
 
     @torch.no_grad()
     def step() -> None:
-        scores = teacher_selectors.score_pixels(z, classes)
-        memory.add(z, classes, images, scores, per_image)
+        memory.add(z, classes, images, lambda index: teacher_selectors.score_pixels(z[index], classes[index]),
+                   per_image)
     return step
 
 

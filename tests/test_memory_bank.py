@@ -109,3 +109,49 @@ def test_one_group_per_class_ranks_across_images():
     per_batch.add(_vectors([1, 2, 3, 4]), classes, torch.zeros_like(images), scores, per_image=2)
     assert sorted(_ids(per_image.ordered(0))) == [1, 3]
     assert sorted(_ids(per_batch.ordered(0))) == [1, 2]  # both from image 0
+
+
+def test_only_competing_candidates_are_scored_and_the_rest_keep_arrival_order():
+    # image 0 class 0: three candidates for a quota of two (they compete); image 1 class 0 and
+    # image 0 class 1: one each (they enter unscored). Capacity 8: no class overflows.
+    classes = torch.tensor([0, 1, 0, 0, 0])
+    images = torch.tensor([0, 0, 0, 1, 0])
+    all_scores = torch.tensor([0.2, 0.0, 0.9, 0.0, 0.5])
+    asked: list[list[int]] = []
+
+    def score(index: torch.Tensor) -> torch.Tensor:
+        asked.append(index.tolist())
+        return all_scores[index]
+
+    lazy, eager = ClassMemoryBank(2, 8, DIM), ClassMemoryBank(2, 8, DIM)
+    lazy.add(_vectors([1, 2, 3, 4, 5]), classes, images, score, per_image=2)
+    eager.add(_vectors([1, 2, 3, 4, 5]), classes, images, all_scores, per_image=2)
+    assert asked == [[0, 2, 4]]
+    for c in range(2):
+        assert torch.equal(lazy.ordered(c), eager.ordered(c))
+    assert _ids(lazy.ordered(0)) == [5, 4, 3]  # arrival order, newest first; 1 lost to 3 and 5
+    assert _ids(lazy.ordered(1)) == [2]
+
+
+def test_a_class_over_capacity_is_scored_even_when_no_image_is():
+    asked: list[list[int]] = []
+
+    def score(index: torch.Tensor) -> torch.Tensor:
+        asked.append(index.tolist())
+        return torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])[index]
+
+    bank = ClassMemoryBank(num_classes=2, capacity=3, dim=DIM)
+    classes = torch.tensor([0, 0, 0, 0, 0, 1])
+    bank.add(_vectors([1, 2, 3, 4, 5, 6]), classes, torch.arange(6), score, per_image=1)
+    assert asked == [[0, 1, 2, 3, 4]]  # class 1's single vector fits: never scored
+    assert _ids(bank.ordered(0)) == [2, 4, 3]
+
+
+def test_random_policy_never_scores():
+    def score(index: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("random picks ignore the scores")
+
+    bank = ClassMemoryBank(1, 4, DIM)
+    bank.add(_vectors([1, 2, 3]), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), score,
+             per_image=2, policy="random", generator=torch.Generator().manual_seed(0))
+    assert bank.count.tolist() == [2]

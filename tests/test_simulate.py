@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +27,8 @@ from study.rung_ranks import spearman
 from study.search import make_sampler, make_searcher
 from study.simulate import (CUT, FINISHED, METHODS, STOPPED, CurveTable, TopKAfterRung, curve_seconds, distance,
                             measured_startup, run_method, simulate, validate)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LOSS = CategoricalDistribution(["a", "b", "c", "d", "e"])
 LR = FloatDistribution(0.001, 0.1, log=True)
@@ -354,12 +358,17 @@ def _fifo_study(root: Path, name: str, samples: int) -> Path:
     return root / name
 
 
-def test_simulate_replays_a_finished_study_through_the_cli(ray_local, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def six(ray_local, tmp_path_factory) -> Path:
+    """A finished tiny random + FIFO study of six trials."""
+    return _fifo_study(tmp_path_factory.mktemp("six"), "six", samples=6)
+
+
+def test_simulate_replays_a_finished_study_through_the_cli(six, capsys):
     from study.cli import main
 
-    _fifo_study(tmp_path, "six", samples=6)
     capsys.readouterr()
-    code = main(["simulate", "six", "--dir", str(tmp_path), "--searcher", "tpe", "--scheduler", "asha", "--grace", "3",
+    code = main(["simulate", "six", "--dir", str(six.parent), "--searcher", "tpe", "--scheduler", "asha", "--grace", "3",
                  "--reduction", "2", "--repeats", "2", "--samples", "4", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -382,3 +391,20 @@ def test_simulate_needs_enough_full_curves(ray_local, tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and f"has {MIN_CURVES - 2} trials that ran the full budget" in err
     assert f"at least {MIN_CURVES}" in err
+
+
+def test_real_studies_are_recorded_with_their_reports_and_spec(six, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("validate_simulator", ROOT / "benchmarks" / "validate_simulator.py")
+    validate_simulator = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "validate_simulator", validate_simulator)  # its dataclass looks itself up there
+    spec.loader.exec_module(validate_simulator)
+    kept = tmp_path / "real.parquet"
+
+    assert validate_simulator.record([str(six)], kept) == ["six"]
+    assert validate_simulator.record([str(six)], kept) == ["six"]  # again: replaced, not doubled
+    [study] = validate_simulator.recorded(kept)
+    fresh = validate_simulator.from_folder(str(six))
+    assert study.name == "six" and study.spec == fresh.spec and study.environment == fresh.environment
+    assert len(study.reports) == 6 * 2 == len(fresh.reports)  # six trials, evaluated at 3 and 6
+    assert study.reports == fresh.reports
+    assert validate_simulator.real_anytime(study, "iterations") == validate_simulator.real_anytime(fresh, "iterations")

@@ -283,7 +283,10 @@ class Trainer:
         classes = labels_small[good]
         image_index = torch.arange(len(images), device=self.device)[:, None, None].expand_as(good)[good]
         projected = self.teacher.project(pixel_features)
-        scores = self.teacher.feature_selectors.score_pixels(projected, classes)
+
+        def scores(index: torch.Tensor) -> torch.Tensor:  # the bank asks only for candidates that compete
+            return self.teacher.feature_selectors.score_pixels(projected[index], classes[index])
+
         quota = self.per_image
         if self.cfg.bank_selection == "per_batch":
             # The official code ranks each class over the whole batch (one group per class) and
