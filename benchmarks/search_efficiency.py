@@ -8,7 +8,7 @@ get there, and the test mIoU of the config each repeat selects on val. The anyti
 (median and quartiles of best val against compute) go to a Plotly page next to the table.
 A config the table does not hold replays the curve of the table's Gaussian-process surrogate
 (``--curves surrogate``, the default; ``--curves nearest`` replays its nearest tabulated
-curve); how well each predicts held-out configs is printed first.
+curve); ``--validate`` first prints how well each predicts held-out configs.
 
     python benchmarks/search_efficiency.py                      # every method but gp+asha
     python benchmarks/search_efficiency.py --methods gp+asha --repeats 3   # GP: ~15 min a repeat here
@@ -97,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="processes")
     parser.add_argument("--curves", choices=CurveTable.MODELS, default="surrogate",
                         help="how a config the table does not hold gets a curve")
+    parser.add_argument("--validate", action="store_true",
+                        help="first leave each config out and predict it by each model (about 3 minutes here)")
     parser.add_argument("-o", "--out", type=Path, default=TABLE.with_name("search_efficiency.html"))
     args = parser.parse_args(argv)
 
     table = CurveTable.load(args.table, args.curves)
-    for model in CurveTable.MODELS:
+    for model in CurveTable.MODELS if args.validate else ():
         fit = validate(table, model)
         print(f"curves by {model}{' (used)' if model == args.curves else ''}: final val of a held-out config off by "
               f"{100 * fit['mae']:.1f} mIoU, Spearman {fit['spearman']:.2f} (the mean of the others: "
