@@ -309,6 +309,21 @@ def test_hyperband_style_brackets_have_distinct_rungs(tmp_path):
     assert rungs == [[600, 300], [600], []]
 
 
+def test_dehb_maps_the_unit_cube_onto_the_space_and_back():
+    from search_spaces import get_space
+    from study.simulate.dehb import from_unit, space_distributions, to_unit
+
+    space = get_space("default")
+    dists = space_distributions(space)
+    assert "temperature" in dists and list(dists) == sorted(dists)  # a conditional param is a dimension too
+    assert (from_unit(0.0, BANK), from_unit(1.0, BANK), from_unit(0.5, BANK)) == (32, 2048, 256)  # log scale
+    assert from_unit(0.5, LR) == pytest.approx(0.01)
+    assert from_unit(0.27, FloatDistribution(0.0, 1.0, step=0.1)) == pytest.approx(0.3)  # on the step grid
+    assert [from_unit(u, KIND) for u in (0.0, 0.49, 0.5, 1.0)] == ["paper", "paper", "infonce", "infonce"]
+    for name, value in space.paper_point.items():  # to_unit and from_unit are inverses
+        assert from_unit(to_unit(value, dists[name]), dists[name]) == pytest.approx(value), name
+
+
 def test_measured_startup_is_the_median_of_time_before_training(tmp_path):
     from study.store import ResultStore
 
