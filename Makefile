@@ -1,6 +1,8 @@
 # The two commands of README.md: `make study` (the main job) and `make test`.
 # Each creates .venv on first use: torch==2.13.0 first (a CPU build; an unpinned torch
-# pulls a CUDA build of several GB), then this project with its test extras.
+# pulls a CUDA build of several GB), then this project with its test and dehb extras, then
+# dehb itself with --no-deps: its metadata pins numpy<2 (it runs under numpy 2), and pip
+# would otherwise downgrade numpy.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +15,8 @@ $(BIN)/semiseg-study: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dehb]'
+	$(BIN)/pip install --quiet --no-deps dehb==0.1.2
 	touch $@
 
 install: $(BIN)/semiseg-study

@@ -63,7 +63,8 @@ def figure(results: dict[tuple[str, int], list], budget: float, target: float, o
     workers = sorted({w for _, w in results})
     fig = make_subplots(rows=1, cols=len(workers), subplot_titles=[f"{w} workers" for w in workers], shared_yaxes=True)
     grid = np.linspace(0, budget, 200)
-    colours = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#2ca02c")))
+    colours = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#2ca02c",
+                                 "#e377c2")))
     for col, w in enumerate(workers, start=1):
         for (method, mw), runs in results.items():
             if mw != w:

@@ -296,9 +296,13 @@ def test_every_registered_method_replays_a_study(tmp_path):
     vals = {name: [0.1 * (i + 1) + 0.01 * k for k in range(9)] for i, name in enumerate("abcd")}
     table = _loss_table(tmp_path, vals)
     for name in METHODS:
-        result = run_method(name, table, workers=2, startup_s=1.0, seed=0, samples=10,
+        if name == "dehb" and not _has_dehb():
+            continue
+        # DEHB's first jobs are 9 at 100 iterations and 3 at 300: its first full trial comes later.
+        samples = 20 if name == "dehb" else 10
+        result = run_method(name, table, workers=2, startup_s=1.0, seed=0, samples=samples,
                             space=_loss_space(list("abcd")))
-        assert len(result.trials) == 10, name
+        assert len(result.trials) == samples, name
         assert result.compute_s == pytest.approx(sum(t.compute_s for t in result.trials)), name
         full = [t for t in result.trials if t.iterations == 900]
         assert full and result.selected.last_val == max(t.last_val for t in full), name
@@ -311,6 +315,52 @@ def test_hyperband_style_brackets_have_distinct_rungs(tmp_path):
     scheduler = METHODS["tpe+hyperband"].scheduler(900, 10)
     rungs = [[m for m, _ in ray_internals.bracket_rungs(b)] for b in ray_internals.asha_brackets(scheduler)]
     assert rungs == [[600, 300], [600], []]
+
+
+def test_dehb_maps_the_unit_cube_onto_the_space_and_back():
+    from search_spaces import get_space
+    from study.simulate.dehb import from_unit, space_distributions, to_unit
+
+    space = get_space("default")
+    dists = space_distributions(space)
+    assert "temperature" in dists and list(dists) == sorted(dists)  # a conditional param is a dimension too
+    assert (from_unit(0.0, BANK), from_unit(1.0, BANK), from_unit(0.5, BANK)) == (32, 2048, 256)  # log scale
+    assert from_unit(0.5, LR) == pytest.approx(0.01)
+    assert from_unit(0.27, FloatDistribution(0.0, 1.0, step=0.1)) == pytest.approx(0.3)  # on the step grid
+    assert [from_unit(u, KIND) for u in (0.0, 0.49, 0.5, 1.0)] == ["paper", "paper", "infonce", "infonce"]
+    for name, value in space.paper_point.items():  # to_unit and from_unit are inverses
+        assert from_unit(to_unit(value, dists[name]), dists[name]) == pytest.approx(value), name
+
+
+def _has_dehb() -> bool:
+    """Installed apart (Makefile: its metadata pins numpy<2); looked up, not imported (Dask is slow to import)."""
+    return importlib.util.find_spec("dehb") is not None
+
+
+@pytest.mark.skipif(not _has_dehb(), reason="dehb is not installed (make install: pip install --no-deps dehb==0.1.2)")
+def test_dehb_stops_each_trial_at_its_fidelity_and_hears_of_every_trial(tmp_path):
+    from study.simulate.dehb import dehb_pair
+
+    vals = {name: [0.1 * (i + 1) + 0.01 * k for k in range(9)] for i, name in enumerate("abcd")}
+    table = _loss_table(tmp_path, vals)
+    space = SearchSpace(name="tiny", description="one categorical and its paper point", paper_point={"loss": "b"},
+                        suggest=lambda trial: {"loss": trial.suggest_categorical("loss", list("abcd"))})
+    searcher, scheduler = dehb_pair(space, table.budget, 0, True)
+    result = simulate(table, searcher, scheduler, 2, startup_s=1.0, seed=0, samples=24)
+    assert result.trials[0].params == {"loss": "b"}  # the paper point first
+    assert {t.trial_id: t.iterations for t in result.trials} == searcher.fidelity
+    assert set(searcher.fidelity.values()) == {100, 300, 900}
+    assert all((t.status == FINISHED) == (t.iterations == 900) for t in result.trials)
+    # DEHB was told every trial: -val at its fidelity (it minimises) and the trial's seconds.
+    assert searcher.told == {t.trial_id: {"fitness": -t.last_val, "cost": pytest.approx(t.compute_s)}
+                             for t in result.trials}
+    assert len(searcher.dehb.history) == 24 and searcher.dehb.inc_score == -max(t.last_val for t in result.trials)
+    # The seed makes a repeat: the same seed, the same study; another, another.
+    again = [(t.params, t.iterations) for t in run_method("dehb", table, workers=2, startup_s=1.0, seed=0, samples=24,
+                                                          space=space).trials]
+    assert again == [(t.params, t.iterations) for t in result.trials]
+    other = run_method("dehb", table, workers=2, startup_s=1.0, seed=1, samples=24, space=space).trials
+    assert [t.params for t in other] != [t.params for t in result.trials]
 
 
 def test_measured_startup_is_the_median_of_time_before_training(tmp_path):

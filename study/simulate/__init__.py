@@ -24,8 +24,8 @@ a little more than a study's.
 
 Modules: ``curve`` (what a curve is), ``table`` (the curves and the nearest-config rule), ``surrogate`` (the Gaussian
 process), ``replay`` (the event loop),
-``methods`` (the registered searcher + scheduler pairs), ``efficiency`` (repeats, the target and
-the figures of the benchmark and of ``semiseg-study simulate``).
+``methods`` (the registered searcher + scheduler pairs), ``dehb`` (DEHB's pair, imported only when it runs),
+``efficiency`` (repeats, the target and the figures of the benchmark and of ``semiseg-study simulate``).
 """
 
 from study.simulate.efficiency import Summary, repeat, summarize, target_val

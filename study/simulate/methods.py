@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
 from search_spaces import SearchSpace, get_space
 from study.search import METRIC, TIME_ATTR, PersistentASHA, make_sampler, make_searcher
+from study.simulate.dehb import dehb_pair  # the ``dehb`` package itself is imported when a DEHB method runs
 from study.simulate.replay import CONTINUE, PAUSE, STOP, SimResult, simulate
 from study.simulate.table import CurveTable
 
@@ -73,6 +75,8 @@ class TopKAfterRung(FIFOScheduler):
 # --- the methods ----------------------------------------------------------------------------
 
 SchedulerFactory = Callable[[int, "int | None"], TrialScheduler]  # (max_t, samples)
+# (space, max_t, seed, paper_point): a searcher and a scheduler that must know each other (DEHB's fidelities)
+PairFactory = Callable[[SearchSpace, int, int, bool], "tuple[Searcher, TrialScheduler]"]
 
 TOPK_POPULATION = 30  # trials screened at the rung when a study is given a budget, not a count
 
@@ -96,10 +100,13 @@ def top_k(rung: int = 300, keep: float = 1 / 3) -> SchedulerFactory:
 
 @dataclass(frozen=True)
 class Method:
+    """A sampler (Optuna's, behind ``StudySearcher``) and a scheduler; or, with ``pair``, both built by it."""
+
     name: str
     sampler: str
     scheduler: SchedulerFactory
     description: str
+    pair: PairFactory | None = None
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -113,6 +120,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "TPE, ASHA with 3 brackets (Hyperband-style): rungs at 300 and 600, at 600, or none"),
     Method("gp+asha", "gp", asha(), "Optuna's GPSampler (learns from completed trials only), ASHA"),
     Method("random+topk", "random", top_k(), "random configs to iteration 300, the best third to the end"),
+    Method("dehb", "dehb", fifo(), "DEHB 0.1.2 (differential evolution in Hyperband brackets, eta 3): each trial "
+           "to the fidelity DEHB gives it, 100, 300 or 900 iterations", pair=dehb_pair),
 )}
 
 
@@ -138,14 +147,18 @@ def method_from_flags(searcher: str = "tpe", scheduler: str = "asha", *, grace: 
 def run_method(method: str | Method, table: CurveTable, *, workers: int, startup_s: float, seed: int = 0,
                samples: int | None = None, budget_s: float | None = None, space: SearchSpace | None = None,
                paper_point: bool = True) -> SimResult:
-    """Simulate one method (a registered name or a ``Method``); the sampler and numpy's generator take ``seed``."""
+    """Simulate one method (a registered name or a ``Method``); the sampler (or ``pair``) and numpy's generator
+    take ``seed``."""
     if isinstance(method, str):
         if method not in METHODS:
             raise ValueError(f"method {method!r}: choose one of {', '.join(METHODS)}")
         method = METHODS[method]
     space = space or get_space("default")
-    scheduler = method.scheduler(table.budget, samples)
-    searcher = make_searcher(space, make_sampler(method.sampler, seed), paper_point=paper_point)
+    if method.pair is not None:
+        searcher, scheduler = method.pair(space, table.budget, seed, paper_point)
+    else:
+        scheduler = method.scheduler(table.budget, samples)
+        searcher = make_searcher(space, make_sampler(method.sampler, seed), paper_point=paper_point)
     return simulate(table, searcher, scheduler, workers, startup_s=startup_s, seed=seed, samples=samples,
                     budget_s=budget_s)
 
