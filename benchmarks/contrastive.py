@@ -104,7 +104,7 @@ def _update(teacher_selectors: ClassSelectors, memory: ClassMemoryBank, z: torch
 
     @torch.no_grad()
     def step() -> None:
-        memory.add(z, classes, images, lambda index: teacher_selectors.score_pixels(z[index], classes[index]),
+        memory.add(z, classes, images, lambda index: teacher_selectors.score_pixels(z, classes[index], index),
                    per_image)
     return step
 

@@ -155,3 +155,16 @@ def test_random_policy_never_scores():
     bank.add(_vectors([1, 2, 3]), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), score,
              per_image=2, policy="random", generator=torch.Generator().manual_seed(0))
     assert bank.count.tolist() == [2]
+
+
+def test_when_every_candidate_competes_the_scorer_gets_a_view_of_all():
+    asked = []
+
+    def score(index):
+        asked.append(index)
+        return torch.tensor([0.1, 0.9, 0.5, 0.7])[index]
+
+    bank = ClassMemoryBank(1, 8, DIM)
+    bank.add(_vectors([1, 2, 3, 4]), torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1]), score, per_image=1)
+    assert asked == [slice(None)]
+    assert sorted(_ids(bank.ordered(0))) == [2, 4]

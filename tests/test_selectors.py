@@ -174,3 +174,18 @@ def test_bank_slots_outside_the_statistics_pass_gradient_through_them():
 
     (expected,) = torch.autograd.grad((direct(bank) * w).sum(), bank)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_scoring_a_subset_by_rows_equals_scoring_it_copied_out(monkeypatch):
+    monkeypatch.setattr(selectors_module, "BLOCK", 4)  # several blocks per class, with padding
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    classes = torch.randint(0, 3, (30,), generator=g)
+    rows = torch.tensor([29, 3, 7, 8, 15, 0, 22, 21, 11])
+    for training in (True, False):
+        selectors = ClassSelectors(3, 8).double().train(training)
+        torch.manual_seed(1)
+        expected = selectors.score_pixels(x[rows], classes[rows])
+        assert torch.allclose(selectors.score_pixels(x, classes[rows], rows), expected, atol=1e-12)
+        assert torch.allclose(selectors.score_pixels(x, classes, slice(None)), selectors.score_pixels(x, classes),
+                              atol=1e-12)

@@ -284,8 +284,8 @@ class Trainer:
         image_index = torch.arange(len(images), device=self.device)[:, None, None].expand_as(good)[good]
         projected = self.teacher.project(pixel_features)
 
-        def scores(index: torch.Tensor) -> torch.Tensor:  # the bank asks only for candidates that compete
-            return self.teacher.feature_selectors.score_pixels(projected[index], classes[index])
+        def scores(index: torch.Tensor | slice) -> torch.Tensor:  # the bank asks only for candidates that compete
+            return self.teacher.feature_selectors.score_pixels(projected, classes[index], index)
 
         quota = self.per_image
         if self.cfg.bank_selection == "per_batch":

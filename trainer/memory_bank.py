@@ -14,8 +14,9 @@ from typing import Callable
 
 import torch
 
-# Every candidate's score [P], or a function from candidate indices to their scores.
-Scores = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+# Every candidate's score [P], or a function from the candidates to score (an index tensor, or
+# slice(None) for all of them) to their scores.
+Scores = torch.Tensor | Callable[[torch.Tensor | slice], torch.Tensor]
 POLICIES = ("highest", "lowest", "random")
 
 
@@ -75,7 +76,8 @@ class ClassMemoryBank:
         """Add candidates: per (image, class) the ``per_image`` best by ``policy``.
 
         features [P,d]; classes, images [P] (long). ``scores``: the selector's ranking, either
-        [P] or a function that scores the candidates at the indices it is given. A function is
+        [P] or a function that scores the candidates it is given (an index tensor, or
+        ``slice(None)`` when all compete). A function is
         called only for the candidates that compete for a place: those of an (image, class)
         with more than ``per_image`` of them, and those of a class that receives more than its
         capacity in this update. At PASCAL VOC scale that is the background alone, so the
@@ -101,8 +103,11 @@ class ClassMemoryBank:
             key = torch.rand(len(classes), generator=generator, device=device)
         else:
             key = torch.zeros(len(classes), device=device)
-            competing = ((group_size > per_image)[group_of] | overflowing[classes]).nonzero().squeeze(1)
-            if len(competing):
+            competes = (group_size > per_image)[group_of] | overflowing[classes]
+            # All of them (every group over its quota) is common: a slice then indexes the features
+            # as a view, where an index tensor would copy them first.
+            competing = slice(None) if bool(competes.all()) else competes.nonzero().squeeze(1)
+            if bool(competes.any()):
                 ranked = scores(competing) if callable(scores) else scores[competing]
                 key[competing] = ranked.float() * (-1.0 if policy == "highest" else 1.0)
         # Sort by (image, class) group, best (lowest key) first inside each group.

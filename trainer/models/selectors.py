@@ -86,10 +86,13 @@ class _Blocks:
         return self.to_class(torch.bmm(g[:, None, :], a)[:, 0])
 
 
-def _pack_pixels(x: torch.Tensor, classes: torch.Tensor, num_classes: int
+def _pack_pixels(x: torch.Tensor, classes: torch.Tensor, num_classes: int, rows: torch.Tensor | slice = slice(None)
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels [P,d] into zero-padded blocks of BLOCK rows of one class: blocks [K,B,d], the
-    pixels' row indices in them [P], the real rows [K,B] and each block's class [K]."""
+    """Pixels x[rows] [P,d] (``classes`` theirs) into zero-padded blocks of BLOCK rows of one class:
+    blocks [K,B,d], the pixels' row indices in them [P], the real rows [K,B] and each block's class [K].
+
+    One gather from x builds the blocks, so a subset of x is never copied out first.
+    """
     counts = torch.bincount(classes, minlength=num_classes)
     blocks = (counts + BLOCK - 1) // BLOCK
     block_class = torch.repeat_interleave(torch.arange(num_classes, device=x.device), blocks)
@@ -97,11 +100,13 @@ def _pack_pixels(x: torch.Tensor, classes: torch.Tensor, num_classes: int
     class_start = torch.cumsum(counts, 0) - counts
     row_start = (torch.cumsum(blocks, 0) - blocks) * BLOCK
     sorted_classes = classes[order]
-    slot_sorted = row_start[sorted_classes] + torch.arange(len(x), device=x.device) - class_start[sorted_classes]
+    slot_sorted = row_start[sorted_classes] + torch.arange(len(classes), device=x.device) - class_start[sorted_classes]
     slot = torch.empty_like(slot_sorted).scatter_(0, order, slot_sorted)
-    rows = len(block_class) * BLOCK
-    packed = x.new_zeros(rows, x.shape[1]).index_copy(0, slot, x)
-    real = torch.zeros(rows, dtype=torch.bool, device=x.device).index_fill_(0, slot, True)
+    total = len(block_class) * BLOCK
+    source = torch.arange(x.shape[0], device=x.device)[rows]
+    source_of_slot = torch.zeros(total, dtype=torch.long, device=x.device).index_copy_(0, slot, source)
+    real = torch.zeros(total, dtype=torch.bool, device=x.device).index_fill_(0, slot, True)
+    packed = x.index_select(0, source_of_slot).index_fill_(0, (~real).nonzero().squeeze(1), 0.0)
     return packed.view(-1, BLOCK, x.shape[1]), slot, real.view(-1, BLOCK), block_class
 
 
@@ -175,11 +180,13 @@ class ClassSelectors(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_classes, dim))
         self.register_buffer("running_var", torch.ones(num_classes, dim))
 
-    def score_pixels(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Selector logits [P] of pixel vectors x [P,d], each by the MLP of its class."""
-        if len(x) == 0:
+    def score_pixels(self, x: torch.Tensor, classes: torch.Tensor, rows: torch.Tensor | slice = slice(None)
+                     ) -> torch.Tensor:
+        """Selector logits [P] of pixel vectors x[rows] (x [N,d]; ``classes`` [P] theirs), each by the MLP
+        of its class. ``rows`` (an index or a slice, default all) scores a subset without copying it out."""
+        if len(classes) == 0:
             return x.new_zeros(0)
-        packed, slot, real, block_class = _pack_pixels(x, classes, self.num_classes)
+        packed, slot, real, block_class = _pack_pixels(x, classes, self.num_classes, rows)
         scores = self._scores(packed, _Blocks(real, block_class, self.num_classes, x.dtype))
         return scores.reshape(-1)[slot]
 
