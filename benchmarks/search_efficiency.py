@@ -86,7 +86,8 @@ def figure(results: dict[tuple[str, int], list], budget: float, target: float, o
     fig.update_yaxes(title_text="best val mIoU so far (median, quartile band)", row=1, col=1)
     fig.update_layout(title=f"Anytime performance on the curve table; dotted: the target {target * 100:.1f}",
                       template="plotly_white")
-    write_text_atomic(out, fig.to_html(include_plotlyjs=True, full_html=True))
+    # Committed next to the table: plotly.js from its CDN, not a 5 MB copy in every version of the page.
+    write_text_atomic(out, fig.to_html(include_plotlyjs="cdn", full_html=True))
 
 
 def main(argv: list[str] | None = None) -> int:
