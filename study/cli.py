@@ -231,12 +231,17 @@ def _retrain(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from study.simulate import method_from_flags
     from study.simulate.efficiency import format_seconds, format_summaries, simulate_study
-    from study.spec import read_study_json
+    from study.spec import grace_after_ramp_up, read_study_json
 
     folder = _study_folder(args.dir, args.name)
     spec = read_study_json(folder)
-    method = method_from_flags(args.searcher or spec.searcher, args.scheduler or spec.scheduler,
-                               grace=spec.grace if args.grace is None else args.grace,
+    scheduler = args.scheduler or spec.scheduler
+    grace = spec.grace if args.grace is None else args.grace
+    if scheduler != "fifo":  # replay the rung `run` would use, not one it would refuse
+        grace, moved = grace_after_ramp_up(grace, spec.paper_config())
+        if moved:
+            print(f"{moved} (as `run` would)")
+    method = method_from_flags(args.searcher or spec.searcher, scheduler, grace=grace,
                                reduction=spec.reduction if args.reduction is None else args.reduction,
                                brackets=args.brackets)
     result = simulate_study(folder, method, workers=args.workers, repeats=args.repeats,

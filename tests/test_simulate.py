@@ -458,3 +458,15 @@ def test_real_studies_are_recorded_with_their_reports_and_spec(six, tmp_path, mo
     assert len(study.reports) == 6 * 2 == len(fresh.reports)  # six trials, evaluated at 3 and 6
     assert study.reports == fresh.reports
     assert validate_simulator.real_anytime(study, "iterations") == validate_simulator.real_anytime(fresh, "iterations")
+
+
+def test_simulate_moves_a_grace_period_before_the_contrastive_loss_as_run_does(six, capsys):
+    from study.cli import main
+
+    capsys.readouterr()
+    code = main(["simulate", "six", "--dir", str(six.parent), "--scheduler", "asha", "--grace", "1", "--repeats", "1",
+                 "--samples", "3", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    # the tiny config starts its contrastive loss at ramp_up = 2 and evaluates every 3 iterations
+    assert out.startswith("grace period moved from 1 to 3: the contrastive loss starts at ramp_up = 2")
