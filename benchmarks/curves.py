@@ -28,6 +28,9 @@ from the table instead of a study::
         --points studies/seed1-points.json --set eval_test=true seed=1     # the paper point, then the 24
     python benchmarks/curves.py table --merge digits-curves-seed1
 
+The 24 seed-1 configs drawn from the 122-curve table are kept in ``benchmarks/data/seed1_points.json``
+(``studies/`` does not outlive a machine): a later run passes that file to ``--points``.
+
 The table has one row per (study, trial, evaluation); a configuration is named by
 ``config_id`` (a hash of its sampled params), so the two seeds of one configuration pair up.
 Its Parquet metadata, and the JSON file beside it, say how it was made: the commands, the
