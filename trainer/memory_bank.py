@@ -112,13 +112,11 @@ class ClassMemoryBank:
                 key[competing] = ranked.float() * (-1.0 if policy == "highest" else 1.0)
         # Sort by (image, class) group, best (lowest key) first inside each group.
         by_key = torch.argsort(key, stable=True)
-        order = by_key[torch.argsort(group[by_key], stable=True)]
-        group_sorted = group[order]
-        position = torch.arange(len(order), device=device)
-        is_start = torch.ones_like(group_sorted, dtype=torch.bool)
-        is_start[1:] = group_sorted[1:] != group_sorted[:-1]
-        group_start = torch.cummax(torch.where(is_start, position, 0), dim=0).values
-        keep = order[(position - group_start) < per_image].sort().values  # back in arrival order
+        order = by_key[torch.argsort(group_of[by_key], stable=True)]
+        # unique() sorted the groups and counted them, so each group's first position is a cumsum.
+        group_start = (torch.cumsum(group_size, 0) - group_size)[group_of[order]]
+        rank = torch.arange(len(order), device=device) - group_start
+        keep = order[rank < per_image].sort().values  # back in arrival order
         write_key = torch.where(overflowing[classes[keep]], key[keep], 0.0)
         self._write(features, keep, classes[keep], write_key)
 
