@@ -44,6 +44,7 @@ from study.location import as_location
 from study.report.sweep import best_against_spent
 from study.simulate import CurveTable, method_from_flags
 from study.simulate.efficiency import anytime_band, repeat, step_at
+from study.records import REPORTS
 from study.spec import StudySpec, read_study_json
 from study.store import ResultStore
 from trainer.atomic import atomic_write, write_text_atomic
@@ -92,8 +93,8 @@ def record(folders: list[str], path: Path = RECORDED) -> list[str]:
     meta = {s.name: {"spec": s.spec.to_dict(), "environment": s.environment, "reports": len(s.reports)}
             for s in kept.values()}
     rows = [dict(r, study=s.name) for s in kept.values() for r in s.reports]
-    schema = pa.schema([("study", pa.string()), ("trial_id", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-                        ("iteration", pa.int64()), ("time_total_s", pa.float64()), ("val_miou", pa.float64())],
+    # The store's own column types (study/records.py), so the kept reports read as the study's did.
+    schema = pa.schema([("study", pa.string()), *(REPORTS.fields.field(c) for c in REPORT_COLUMNS)],
                        metadata={META_KEY: json.dumps(meta, indent=1).encode()})
     with atomic_write(path) as handle:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
