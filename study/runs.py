@@ -78,7 +78,7 @@ def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
 
     Joins ``spec.address`` (or starts a local Ray, stopped again at the end); on a cluster, every
     node must reach the study's ``location`` first (``check_nodes_reach``). On an error or an
-    interrupt the runs still pending are cancelled, so none keeps a worker busy for nobody.
+    interrupt the runs still pending are stopped, so none keeps a worker busy for nobody.
     """
     if not jobs:
         return
@@ -105,10 +105,28 @@ def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
                 store(job, cfg, ray.get(ready[0]))
                 bar.update()
     finally:
-        for ref in pending:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - a task that ended meanwhile cannot be cancelled: fine
-                pass
         if owns_ray:
+            # Disconnecting ends this driver's job and Ray stops the job's tasks itself. A
+            # ray.cancel here would race a task that finishes at the same moment, and Ray 2.60
+            # aborts the driver on that race ("Tried to complete task that was not pending").
             ray.shutdown()
+        else:
+            _cancel(pending)
+
+
+def _cancel(pending: dict[Any, Any]) -> None:
+    """Stop the runs still pending in a Ray session this call joined but does not own.
+
+    The session outlives the call, so its tasks must be cancelled one by one. Runs that have
+    already finished are left alone: cancelling one whose reply is in flight is the race above.
+    """
+    import ray
+
+    if not pending:
+        return
+    _, running = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+    for ref in running:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - a task that ended meanwhile cannot be cancelled: fine
+            pass
