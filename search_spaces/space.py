@@ -68,15 +68,32 @@ class SearchSpace:
         self._check_keys_of("base", base)
         self._check_config("fixed" if not base else "fixed and base", base, {})
         searched: set[str] = set(self.paper_point)
-        with quiet_optuna():
-            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-            for _ in range(samples):
-                values = self._run(study.ask(), "sampled trial")
-                self._check_config("sampled trial", base, values)
-                searched.update(values)
+        for _, values in self.sampled_trials(samples):
+            self._check_config("sampled trial", base, values)
+            searched.update(values)
         if self.paper_point:
             self.check_point(self.paper_point, base)
         self.check_groups(searched)
+
+    def sampled_trials(self, samples: int = CHECK_SAMPLES) -> Iterator[tuple[optuna.trial.Trial, dict[str, Any]]]:
+        """``samples`` trials of a throwaway in-memory study with a seeded random sampler, each with
+        the values ``suggest`` gave it: the same trials on every call, so what is found from them
+        (every branch of a few categoricals, in practice) is reproducible."""
+        with quiet_optuna():
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+            for _ in range(samples):
+                trial = study.ask()
+                yield trial, self._run(trial, "sampled trial")
+
+    def distributions(self, samples: int = CHECK_SAMPLES) -> dict[str, BaseDistribution]:
+        """Every param the space samples on some branch, with its distribution, sorted by name:
+        found on ``sampled_trials`` and the paper point, as ``check_keys`` finds the searched params."""
+        found: dict[str, BaseDistribution] = {}
+        for trial, _ in self.sampled_trials(samples):
+            found.update(trial.distributions)
+        if self.paper_point:
+            found.update({name: dist for name, (_, dist) in self.replay(self.paper_point).items()})
+        return dict(sorted(found.items()))
 
     def check_groups(self, searched: set[str]) -> None:
         """Raise ConfigError unless each group is a non-empty list of distinct ``searched`` keys,

@@ -319,10 +319,10 @@ def test_hyperband_style_brackets_have_distinct_rungs(tmp_path):
 
 def test_dehb_maps_the_unit_cube_onto_the_space_and_back():
     from search_spaces import get_space
-    from study.simulate.dehb import from_unit, space_distributions, to_unit
+    from study.simulate.dehb import from_unit, to_unit
 
     space = get_space("default")
-    dists = space_distributions(space)
+    dists = space.distributions()
     assert "temperature" in dists and list(dists) == sorted(dists)  # a conditional param is a dimension too
     assert (from_unit(0.0, BANK), from_unit(1.0, BANK), from_unit(0.5, BANK)) == (32, 2048, 256)  # log scale
     assert from_unit(0.5, LR) == pytest.approx(0.01)

@@ -26,7 +26,6 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search_spaces import SearchSpace
-from search_spaces.space import CHECK_SAMPLES, quiet_optuna
 from study.search import METRIC, TIME_ATTR
 from study.simulate.curve import unit
 
@@ -58,23 +57,6 @@ def to_unit(value: Any, dist: BaseDistribution) -> float:
     return unit(value, dist)
 
 
-def space_distributions(space: SearchSpace, samples: int = CHECK_SAMPLES) -> dict[str, BaseDistribution]:
-    """Every param the space samples on some branch, sorted by name: DEHB needs the dimension up front.
-
-    Found as ``SearchSpace.check_keys`` finds them: ``samples`` seeded random trials, plus the paper point.
-    """
-    found: dict[str, BaseDistribution] = {}
-    with quiet_optuna():
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        for _ in range(samples):
-            trial = study.ask()
-            space.suggest(trial)
-            found.update(trial.distributions)
-    if space.paper_point:
-        found.update({name: dist for name, (_, dist) in space.replay(space.paper_point).items()})
-    return dict(sorted(found.items()))
-
-
 def make_dehb(dimensions: int, min_fidelity: int, max_fidelity: int, eta: int, seed: int) -> Any:
     """A quiet ``dehb.DEHB`` for ask/tell only: one in-process "worker" (``n_workers`` > 1 would start a
     Dask cluster to run ``f`` itself, and ask/tell takes any number of outstanding jobs anyway), nothing saved
@@ -103,7 +85,7 @@ class DEHBSearcher(Searcher):
                  paper_point: bool = True, metric: str = METRIC, mode: str = "max") -> None:
         super().__init__(metric=metric, mode=mode)
         self.space = space
-        self.distributions = space_distributions(space)
+        self.distributions = space.distributions()
         min_t = min_t or max(1, round(max_t / eta ** 2))  # three fidelities: max_t / 9, max_t / 3, max_t
         self.dehb = make_dehb(len(self.distributions), min_t, max_t, eta, seed)
         self.fidelity: dict[str, int] = {}
