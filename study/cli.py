@@ -253,6 +253,9 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"a new config replays {how}: final val error {100 * fit['mae']:.1f} mIoU on held-out configs "
           f"(the mean of the others: {100 * fit['mae_of_mean']:.1f})")
     print(format_summaries(result.summaries, result.target))
+    if all(math.isnan(s.selected_test[1]) for s in result.summaries):
+        print(f"selected test mIoU: - since the trials of {args.name} did not score the test split "
+              "(a study run with `--set eval_test=true` does, at every evaluation)")
     return 0
 
 

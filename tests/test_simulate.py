@@ -428,6 +428,8 @@ def test_simulate_replays_a_finished_study_through_the_cli(six, capsys):
     for row in rows.values():
         assert row[1] == "2"                                   # workers
         assert 0 <= int(row[2].rstrip("%")) <= 100             # share of repeats that reached the target
+        assert row[-2] == "-"                                  # no test scores in a plain study: none selected
+    assert "selected test mIoU: - since the trials of six did not score the test split" in out
 
 
 def test_simulate_needs_enough_full_curves(ray_local, tmp_path, capsys):
