@@ -61,26 +61,17 @@ own there.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import optuna
-import yaml
 
 from search_spaces.space import SearchSpace
 from trainer.config import ConfigError, did_you_mean, field_names
+from trainer.config_files import YAML_SUFFIXES, ConfigFileError, read_document
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
-
-SUFFIXES = (".yaml", ".yml", ".toml")
+SUFFIXES = (*YAML_SUFFIXES, ".toml")
 TOP_KEYS = ("name", "description", "fixed", "paper_point", "params", "groups")
 _NUMERIC_KEYS = ("type", "low", "high", "log", "step", "when")
 SPEC_KEYS = {"int": _NUMERIC_KEYS, "float": _NUMERIC_KEYS, "categorical": ("type", "choices", "when")}
@@ -154,63 +145,15 @@ def load_space_file(path: str | Path) -> SearchSpace:
 
 # --- reading ------------------------------------------------------------------------------
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and exponent floats, and an error on duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}",
-                                                            key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
-
-
-# A copy of SafeLoader's resolvers, so the changes stay in this subclass.
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                  list("tTfF"))
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
-
-
 def _fail(path: Path, message: str) -> NoReturn:
     raise ConfigError(f"search space file {path}: {message}")
 
 
 def _read(path: Path) -> dict:
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        _fail(path, f"unsupported file type {suffix or '(none)'!r}: expected {', '.join(SUFFIXES)}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        _fail(path, "does not exist")
-    except UnicodeDecodeError:
-        _fail(path, "is not UTF-8 text")
-    except OSError as err:
-        _fail(path, f"cannot be read: {err.strerror}")
-    if suffix == ".toml":
-        if tomllib is None:
-            _fail(path, "reading TOML on Python 3.10 needs the tomli package (pip install tomli)")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            _fail(path, f"is not valid TOML: {err}")
-    else:
-        try:
-            data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-            _fail(path, f"is not valid YAML: {where}{err.problem or err.context}")
-        except yaml.YAMLError as err:
-            _fail(path, f"is not valid YAML: {' '.join(str(err).split())}")
+        data = read_document(path, SUFFIXES)
+    except ConfigFileError as err:
+        _fail(path, str(err))
     if data is None:
         _fail(path, "is empty: expected at least a 'params' mapping")
     if not isinstance(data, dict):

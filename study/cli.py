@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="one training run of the method",
                                 description="Train once: preset of the dataset <- --config file <- --set values.")
-    train.add_argument("--config", type=Path, help="TrainConfig JSON (fields not given keep the dataset preset)")
+    train.add_argument("--config", type=Path,
+                       help="a TrainConfig file, JSON, YAML or TOML (fields not given keep the dataset preset)")
     train.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                        help="override config fields, e.g. --set lr=0.01 bank_size=512")
     train.add_argument("--out", type=Path, help="output folder (default: runs/train-<time>)")
@@ -171,11 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument("--quiet", action="store_true", help="no progress bar")
     ablate.set_defaults(handler=_ablate)
 
-    export = commands.add_parser("export", help="a trial's config as a TrainConfig JSON for `train --config`")
+    export = commands.add_parser("export", help="a trial's config as a TrainConfig file for `train --config`")
     export.add_argument("name")
     export.add_argument("--dir", default="studies", help=DIR_HELP)
     export.add_argument("--rank", type=int, default=1, help="1 = the best trial (finished trials rank first)")
-    export.add_argument("-o", "--out", type=Path, required=True, help="the JSON file to write")
+    export.add_argument("-o", "--out", type=Path, required=True,
+                        help="the file to write: JSON, or YAML for a .yaml or .yml name")
     export.set_defaults(handler=_export)
     return parser
 

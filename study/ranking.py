@@ -63,7 +63,8 @@ def pick(ranked: list[dict[str, Any]], rank: int) -> dict[str, Any]:
 
 
 def export_config(folder: "Location | Path", rank: int, out: Path) -> tuple[dict[str, Any], TrainConfig]:
-    """Write the config of the trial of rank ``rank`` as a TrainConfig JSON; return (trial row, config).
+    """Write the config of the trial of rank ``rank`` as a TrainConfig file (JSON or YAML, by the name's suffix);
+    return (trial row, config).
 
     The file holds every field, the trial's seed and thread count included, so that
     ``semiseg-study train --config FILE`` repeats the trial's run on CPU exactly.

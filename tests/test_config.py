@@ -60,6 +60,52 @@ def test_bad_json_names_the_file_and_line(tmp_path):
         TrainConfig.load(tmp_path / "cfg.json")
 
 
+def test_yaml_and_toml_configs_read_as_their_json(tmp_path):
+    as_json = {"lr": 0.001, "weight_decay": 5e-4, "hflip": False, "class_balance": "off", "aspp_dilations": [1, 2, 3]}
+    (tmp_path / "cfg.json").write_text(json.dumps(as_json))
+    # YAML 1.2 scalars: 1e-3 is a float (PyYAML's 1.1 rules read a string), `off` stays a string.
+    (tmp_path / "cfg.yaml").write_text("lr: 1e-3\nweight_decay: 5.0e-4\nhflip: false\nclass_balance: off\n"
+                                       "aspp_dilations: [1, 2, 3]\n")
+    (tmp_path / "cfg.toml").write_text('lr = 1e-3\nweight_decay = 5e-4\nhflip = false\nclass_balance = "off"\n'
+                                       "aspp_dilations = [1, 2, 3]\n")
+    expected = TrainConfig.load(tmp_path / "cfg.json")
+    assert (expected.lr, expected.class_balance, expected.aspp_dilations) == (0.001, "off", [1, 2, 3])
+    for name in ("cfg.yaml", "cfg.toml"):
+        assert TrainConfig.load(tmp_path / name) == expected, name
+
+
+@pytest.mark.parametrize("name", ["saved.json", "saved.yaml", "saved.yml"])
+def test_a_saved_config_reads_back_exactly(tmp_path, name):
+    cfg = preset("digits").replace(lr=0.007588305549628145, weight_decay=1e-5, ema_momentum=0.9860416804084855,
+                                   hflip=True)
+    cfg.save(tmp_path / name)
+    assert TrainConfig.load(tmp_path / name) == cfg
+    if name != "saved.json":
+        assert "lr: 0.007588305549628145" in (tmp_path / name).read_text()  # YAML, not JSON in a .yaml file
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("cfg.yaml", "lr: 0.1\nbank_size: 64\nlr: 0.2\n", "cfg.yaml is not valid YAML: line 3 column 1: duplicate key 'lr'"),
+    ("cfg.yaml", "lr: [0.1\n", "cfg.yaml is not valid YAML: line 2"),
+    ("cfg.yaml", "- lr: 0.1\n", "cfg.yaml must hold a mapping of TrainConfig fields, not list"),
+    ("cfg.toml", "lr = \n", "cfg.toml is not valid TOML"),
+    ("cfg.txt", "lr: 0.1\n", "cfg.txt has an unsupported file type '.txt': expected .json, .yaml, .yml, .toml"),
+    ("cfg.yaml", "lr: 0.1\nbank_sise: 64\n", "cfg.yaml: unknown TrainConfig key 'bank_sise'; did you mean 'bank_size'?"),
+])
+def test_a_bad_config_file_names_the_file_and_what_is_wrong(tmp_path, name, text, words):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.load(tmp_path / name)
+    assert words in str(err.value)
+
+
+def test_a_config_is_written_only_as_json_or_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"cfg.toml has an unsupported file type '.toml' to write: name it "
+                                          r"\.json or \.yaml or \.yml"):
+        preset("digits").save(tmp_path / "cfg.toml")
+    assert not (tmp_path / "cfg.toml").exists()
+
+
 def test_assignments_parse_json_values():
     assert parse_assignment("lr=0.5") == ("lr", 0.5)
     assert parse_assignment("lr=1") == ("lr", 1.0)

@@ -16,6 +16,7 @@ from study.ranking import NoFinishedTrialError, ranked_trials
 from study.report import SECTIONS, load_study, render, watch, write_report
 from study.report import sweep, trials
 from study.retrain import PAPER, SUPERVISED, retrain, summarise, table_text
+from trainer.config import TrainConfig
 
 @pytest.fixture(scope="module")
 def study(small_study) -> Path:
@@ -194,6 +195,9 @@ def test_export_then_train_repeats_the_trials_score(study, tmp_path):
     final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["iteration"] == best["iterations"]
     assert final["val_miou"] == best["last_val_miou"]  # bit-exact: same seed, same thread count
+    as_yaml = tmp_path / "best.yaml"
+    assert main(["export", "tiny", "--dir", str(study.parent), "-o", str(as_yaml)]) == 0
+    assert not as_yaml.read_text().startswith("{") and TrainConfig.load(as_yaml) == TrainConfig.load(out)
 
 
 def test_export_of_a_rank_out_of_range_names_the_range(study, tmp_path, capsys):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainer.atomic import write_text_atomic
+from trainer.config_files import ConfigFileError, read_document, write_document
 from trainer.presets import PRESETS
 
 
@@ -50,7 +50,7 @@ class TrainConfig:
     search spaces' paper points are read from, not a config to run (its ``dataset`` field
     reads 'digits' all the same, and it does not validate).
     ``TrainConfig.from_dict({...})`` starts from ``preset(values["dataset"])`` (``digits``
-    if absent) and validates the result; JSON files and ``--set`` values go through it.
+    if absent) and validates the result; config files and ``--set`` values go through it.
     """
 
     # --- data and budget -------------------------------------------------------------
@@ -247,20 +247,23 @@ class TrainConfig:
         return cls(**{k: _coerce(k, v) for k, v in merged.items()}).validate()
 
     def save(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write every field to ``path``: JSON, or YAML for a .yaml or .yml name."""
+        try:
+            write_document(Path(path), self.to_dict())
+        except ConfigFileError as err:
+            raise ConfigError(f"config file {path} {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
+        """The config in a JSON, YAML (.yaml, .yml) or TOML file of TrainConfig fields; the fields
+        it leaves out keep the preset of its dataset."""
         try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config file {path} is not valid JSON: line {err.lineno} "
-                              f"column {err.colno}: {err.msg}") from None
+            values = read_document(Path(path))
+        except ConfigFileError as err:
+            raise ConfigError(f"config file {path} {err}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object of TrainConfig fields")
+            raise ConfigError(f"config file {path} must hold a mapping of TrainConfig fields, "
+                              f"not {type(values).__name__}")
         try:
             return cls.from_dict(values)
         except ConfigError as err:
