@@ -1,9 +1,10 @@
 """The private attributes of Ray Tune's OptunaSearch and ASHAScheduler that the study relies on.
 
 Ray is not pinned (``ray[tune]>=2.40``) and these names are not its public API, so every
-access goes through one function here, and ``check`` runs when a searcher or scheduler is
-built: a Ray release that renames one fails at the start of a study with the attribute and
-Ray's version named, never in the middle of it with an AttributeError.
+access goes through one function here. ``check_release`` runs before a study writes anything,
+and ``check`` again when its searcher and scheduler are built: a Ray release that renames one
+fails at the start of a study with the attribute and Ray's version named, never in the middle
+of it with an AttributeError, and leaves no half-made study folder behind.
 
 What each is for:
 
@@ -72,3 +73,17 @@ def check(obj: Any, kind: str) -> None:
     if kind == "ASHAScheduler":
         for bracket in asha_brackets(obj):
             check(bracket, "ASHA bracket")
+
+
+def check_release() -> None:
+    """Raise RayInternalsError unless this Ray's OptunaSearch and ASHAScheduler have what we use,
+    on throwaway instances (cheap: no Ray needs to run)."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces.space import quiet_optuna
+
+    with quiet_optuna():  # its in-memory study would announce itself
+        searcher = OptunaSearch(space=lambda trial: None, metric="score", mode="max")
+    check(searcher, "OptunaSearch")
+    check(ASHAScheduler(metric="score", mode="max"), "ASHAScheduler")

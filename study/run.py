@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from trainer.config import ConfigError, TrainConfig, first_line
 from study.location import Location, as_location, check_reachable as check_location
+from study import ray_internals
 from study.reach import check_nodes_reach
 from study.optuna_storage import open_storage, split_password
 from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
@@ -101,6 +102,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
         spec.storage = storage
     spec = read_study_json(study_folder(root, spec.name)) if resume else spec.validate()
     base_cfg, grace, note = check_space(spec)
+    ray_internals.check_release()
     folder = check_folder(spec, root, resume=resume, replace=replace)
 
     import ray

@@ -208,3 +208,15 @@ def test_bad_points_are_named_before_ray(text, expected, capsys, tmp_path):
     _fails(["run", "--name", "p", "--dir", str(tmp_path / "studies"), "--space", str(space), "--points", str(points),
             "--set", *TINY], capsys, expected)
     assert _nothing_in(tmp_path / "studies")
+
+
+def test_a_ray_release_without_the_private_attributes_we_use_stops_run_before_it_writes(monkeypatch, capsys, tmp_path):
+    from study import ray_internals
+
+    renamed = {kind: dict(names) for kind, names in ray_internals._EXPECTED.items()}
+    renamed["OptunaSearch"]["_ot_trials_by_id"] = dict  # what a release that renamed _ot_trials looks like to us
+    monkeypatch.setattr(ray_internals, "_EXPECTED", renamed)
+    _fails(["run", "--name", "r", "--dir", str(tmp_path / "studies"), "--set", *TINY], capsys,
+           "run failed: RayInternalsError", "OptunaSearch._ot_trials_by_id is missing", "pip install 'ray[tune]==",
+           code=1)
+    assert _nothing_in(tmp_path / "studies")
