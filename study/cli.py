@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="trials at once (default: as many as the resources allow)")
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
     run.add_argument("--points", type=Path, metavar="FILE",
-                     help="a JSON list of param values (as the space samples them) to evaluate first, after the "
+                     help="a JSON or YAML list of param values (as the space samples them) to evaluate first, after the "
                           "paper point, e.g. another study's configs on a new --set seed=N")
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampler")
     run.add_argument("--time-budget", type=float, default=0.0,
@@ -330,12 +330,12 @@ def _grace_warning(folder: Path) -> str | None:
 
 
 def _read_points(path: Path) -> list[dict[str, Any]]:
+    from trainer.config_files import YAML_SUFFIXES, ConfigFileError, read_document
+
     try:
-        points = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--points {path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--points {path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
+        points = read_document(path, (".json", *YAML_SUFFIXES))
+    except ConfigFileError as err:
+        raise ConfigError(f"--points {path} {err}") from None
     if not isinstance(points, list):
         raise ConfigError(f"--points {path}: expected a JSON list of objects, e.g. [{{\"lr\": 0.01}}]")
     return points

@@ -220,3 +220,15 @@ def test_a_ray_release_without_the_private_attributes_we_use_stops_run_before_it
            "run failed: RayInternalsError", "OptunaSearch._ot_trials_by_id is missing", "pip install 'ray[tune]==",
            code=1)
     assert _nothing_in(tmp_path / "studies")
+
+
+def test_points_may_be_yaml_and_an_unknown_file_type_is_named(tmp_path, capsys):
+    from study.cli import _read_points
+
+    (tmp_path / "points.json").write_text('[{"lr": 0.01, "bank_size": 16}, {"lr": 1e-3, "bank_size": 32}]')
+    (tmp_path / "points.yaml").write_text("- {lr: 0.01, bank_size: 16}\n- lr: 1e-3\n  bank_size: 32\n")
+    assert _read_points(tmp_path / "points.yaml") == _read_points(tmp_path / "points.json")
+    (tmp_path / "points").write_text("[]")
+    _fails(["run", "--name", "p", "--dir", str(tmp_path / "studies"), "--points", str(tmp_path / "points")], capsys,
+           "--points", "unsupported file type '(none)': expected .json, .yaml, .yml")
+    assert _nothing_in(tmp_path / "studies")
