@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="checkpoints kept per trial (0: all); more makes a killed driver safer to resume")
     run.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
                      help="rewrite DIR/NAME/report.html this often while the study runs (0: only at the end)")
+    run.add_argument("--keep-parts", action="store_true",
+                     help="leave the report parts as the driver wrote them (no compaction at the end), to audit "
+                          "the record; readers keep one row per (trial, iteration) either way")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -298,7 +301,8 @@ def _run(args: argparse.Namespace) -> int:
     root = parse(args.dir)
     print(f"study {name!r} in {root / name}" + (" (resuming)" if args.resume else ""))
     with _live_report(root / name, args.report_every):
-        result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet)
+        result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet,
+                           compact=not args.keep_parts)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
     print(f"{result['trials']} trials: {counts}")
     if result["best"] is None:

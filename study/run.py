@@ -92,8 +92,11 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
 
 
 def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = False, replace: bool = False,
-              say: Say = print, progress: bool = True) -> dict[str, Any]:
-    """Run the study to the end and return the summary of its best trial."""
+              say: Say = print, progress: bool = True, compact: bool = True) -> dict[str, Any]:
+    """Run the study to the end and return the summary of its best trial.
+
+    ``compact=False`` leaves the report parts as written (one per stored batch of reports).
+    """
     # The password of --storage is used, never stored (study/optuna_storage.py).
     storage, password = split_password(spec.storage)
     root = as_location(root)
@@ -127,7 +130,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     from study.store import ResultStore
 
     store = ResultStore(folder, spec.name)
-    store.compact()
+    if compact:
+        store.compact()
     return summary(store)
 
 
