@@ -17,7 +17,8 @@ from typing import Any
 from ray.tune import Callback
 
 from search_spaces import SearchSpace
-from study.records import ERRORED, FINISHED, METRIC, RUNNING, STATUSES, STOPPED, config_columns, report_row
+from study.records import (ERRORED, FINISHED, INTERRUPTED, METRIC, RUNNING, STATUSES, STOPPED, config_columns,
+                           report_row)
 from study.location import Location, as_location
 from study.spec import StudySpec
 from study.store import ResultStore
@@ -33,12 +34,18 @@ class StoreCallback(Callback):
         self._bar: Any = None
         self._trials: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        # Set by the driver for each run (not pickled): whether Ctrl-C ended it (study/interrupt.py).
+        self.ctrl_c: Any = None
 
-    # Tune pickles callbacks with the experiment: leave the open bar and store behind.
+    # Tune pickles callbacks with the experiment: leave the open bar, the store and this run's
+    # Ctrl-C behind.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_bar"], state["_store"] = None, None
+        state["_bar"], state["_store"], state["ctrl_c"] = None, None, None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"ctrl_c": None, **state})  # pickled before ctrl_c existed
 
     @property
     def store(self) -> ResultStore:
@@ -63,6 +70,8 @@ class StoreCallback(Callback):
                                               time_total_s)])
         row = self._trial_row(trial)
         row["node"] = node
+        if row.get("status") == INTERRUPTED:  # resumed: it may report before Tune calls on_trial_start
+            row.update(status=RUNNING, stop_reason=None)
         # A resumed trial replays from its checkpoint: never move its progress backwards.
         latest = int(result["iteration"]) >= (row.get("iterations") or 0)
         if latest:
@@ -102,17 +111,27 @@ class StoreCallback(Callback):
         self._write_trials()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Trials that Tune ended without a completion event (the time budget ran out) stop here.
-        ended = [row for row in self._trials.values() if row.get("status") == RUNNING]
-        for row in ended:
-            row.update(status=STOPPED, ended=_now(),
-                       stop_reason="ended without a result from Ray Tune: the time budget ran out, or the "
-                                   "driver died before Tune saved this trial (its place was sampled again)")
-        if ended:
-            self._write_trials()
+        # Trials that Tune ended without a completion event: cut by Ctrl-C (Tune saved them, and
+        # --resume continues them), or by the time budget, or lost with a driver that died.
+        interrupted = self.ctrl_c is not None and self.ctrl_c.pressed
+        self.mark_unfinished({t.trial_id for t in trials} if interrupted else set())
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def mark_unfinished(self, resumable: set[str] | None) -> None:
+        """Trials still running in the table end here: ``resumable`` ones (None: all) as interrupted,
+        the rest stopped."""
+        ended = [row for row in self._trials.values() if row.get("status") in (RUNNING, INTERRUPTED)]
+        for row in ended:
+            if resumable is None or row["trial_id"] in resumable:
+                row.update(status=INTERRUPTED, stop_reason="interrupted (Ctrl-C): `run --resume` continues it")
+            else:
+                row.update(status=STOPPED, ended=_now(),
+                           stop_reason="ended without a result from Ray Tune: the time budget ran out, or the "
+                                       "driver died before Tune saved this trial (its place was sampled again)")
+        if ended:
+            self._write_trials()
 
     # --- helpers --------------------------------------------------------------------------
     def _config(self, trial: Any) -> dict[str, Any]:
@@ -151,7 +170,7 @@ class StoreCallback(Callback):
         counts = self.counts()
         self._bar.update(counts[FINISHED] + counts[STOPPED] + counts[ERRORED] - self._bar.n)
         best = max((r.get("best_val_miou") or 0.0 for r in self._trials.values()), default=0.0)
-        self._bar.set_postfix_str(f"running {counts[RUNNING]}, finished {counts[FINISHED]}, "
+        self._bar.set_postfix_str(f"running {counts[RUNNING] + counts[INTERRUPTED]}, finished {counts[FINISHED]}, "
                                   f"stopped early {counts[STOPPED]}, errored {counts[ERRORED]}, "
                                   f"best val mIoU {100 * best:.1f}")
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ DIR_HELP = ("folder of the studies, or a URI of an object store that every node 
             "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http (default: studies)")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 if TYPE_CHECKING:
     from study.location import Location
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("semiseg-study: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:  # a failed run: one line, not a traceback
         print(f"semiseg-study: {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -300,11 +302,20 @@ def _run(args: argparse.Namespace) -> int:
 
     root = parse(args.dir)
     print(f"study {name!r} in {root / name}" + (" (resuming)" if args.resume else ""))
-    with _live_report(root / name, args.report_every):
-        result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace, progress=not args.quiet,
-                           compact=not args.keep_parts)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
-    print(f"{result['trials']} trials: {counts}")
+    try:
+        with _live_report(root / name, args.report_every):
+            result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace,
+                               progress=not args.quiet, compact=not args.keep_parts)
+    except KeyboardInterrupt:  # the first Ctrl-C saved the study (study/interrupt.py); a second may cut that short
+        if not (root / name / "study.json").is_file():
+            raise  # stopped before the study was written: nothing to resume
+        from study.run import summary
+        from study.store import ResultStore
+
+        _print_counts(summary(ResultStore(root / name, name)))
+        print(f"semiseg-study: interrupted; resume with: {resume_command(name, args.dir)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_counts(result)
     if result["best"] is None:
         print("no trial finished an evaluation")
         return EXIT_FAILED
@@ -318,6 +329,17 @@ def _run(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}")
     return 0
+
+
+def resume_command(name: str, dir_text: str) -> str:
+    """The command that resumes study ``name`` of ``--dir dir_text``, ready to paste into a shell."""
+    where = "" if dir_text == "studies" else f" --dir {shlex.quote(dir_text)}"
+    return f"semiseg-study run --resume {shlex.quote(name)}{where}"
+
+
+def _print_counts(result: dict[str, Any]) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.get("counts", {}).items()))
+    print(f"{result['trials']} trials: {counts}")
 
 
 def _grace_warning(folder: Path) -> str | None:

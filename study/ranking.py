@@ -7,8 +7,9 @@ and ``export --rank N``, so "rank 1" means the same trial everywhere:
 2. then trials stopped early (by ASHA or the time budget), by best val mIoU.
 
 A stopped trial's score comes from a shorter run, so it never outranks one that
-finished, even if its early number happens to be higher. Errored trials and trials
-without an evaluation are not ranked.
+finished, even if its early number happens to be higher. Errored trials, trials still
+running or interrupted (``run --resume`` continues them), and trials without an evaluation
+are not ranked.
 """
 
 from __future__ import annotations

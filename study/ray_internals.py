@@ -14,6 +14,9 @@ What each is for:
 * ``ASHAScheduler._brackets`` with each bracket's ``_rungs`` (milestone, {trial id: score}), and
   ``_trial_info`` (trial id -> bracket): to save the rungs and restore them on resume
   (``Tuner.restore`` does not, ray issue 30838).
+* ``Tuner._local_tuner.get_run_config()``: the callbacks a restored Tuner runs with. They are
+  the ones pickled with the experiment (``Tuner.restore`` takes no RunConfig), and the driver
+  hands its callback what this run alone knows (Ctrl-C, the progress bar).
 """
 
 from __future__ import annotations
@@ -56,6 +59,19 @@ def bracket_rungs(bracket: Any) -> list[tuple[float, dict[str, float]]]:
 
 def asha_trial_info(scheduler: Any) -> dict[str, Any]:
     return scheduler._trial_info
+
+
+def tuner_callbacks(tuner: Any) -> list[Any]:
+    """The callbacks ``tuner`` (new or restored) will run with."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None or not callable(getattr(local, "get_run_config", None)):
+        import ray
+
+        raise RayInternalsError(
+            f"Ray {ray.__version__}: Tuner._local_tuner.get_run_config is missing; this Ray release changed a "
+            "private attribute that semiseg-study relies on (study/ray_internals.py): install a Ray release it "
+            "supports (pip install 'ray[tune]==2.60.0') or update that module")
+    return list(local.get_run_config().callbacks or [])
 
 
 def check(obj: Any, kind: str) -> None:

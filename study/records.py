@@ -42,7 +42,9 @@ TABLE_KEY = b"semiseg_table"  # which table a file holds, so that a misplaced fi
 CONFIG_PREFIX = "config."
 
 METRIC = "val_miou"  # what the searcher maximises and ASHA compares
-RUNNING, FINISHED, STOPPED, ERRORED = STATUSES = ("running", "finished", "stopped", "errored")
+# interrupted: cut by Ctrl-C (the study's state was saved); `run --resume` continues it.
+RUNNING, FINISHED, STOPPED, ERRORED, INTERRUPTED = STATUSES = ("running", "finished", "stopped", "errored",
+                                                              "interrupted")
 
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")
 

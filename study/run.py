@@ -7,6 +7,7 @@ shows progress, and returns a summary of the best trial.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -14,11 +15,12 @@ import uuid
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from trainer.config import ConfigError, TrainConfig, first_line
 from study.location import Location, as_location, check_reachable as check_location
 from study import ray_internals
+from study.interrupt import CtrlC, StudyInterrupted
 from study.reach import check_nodes_reach
 from study.optuna_storage import open_storage, split_password
 from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_study_json
@@ -111,6 +113,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     import ray
 
     owns_ray = connect(spec.address)
+    ctrl_c = CtrlC()
     try:
         check_fits(spec)  # before anything is written
         check_nodes_reach(root)  # on a cluster: every node must reach the study (Tune's checkpoints)
@@ -123,10 +126,19 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             say(note)
         _ensure_pretrained(base_cfg)
         tuner = _tuner(spec, folder, grace, resume, progress, password)
-        tuner.fit()
+        callback = _store_callback(tuner)
+        callback.ctrl_c, callback.show_progress = ctrl_c, progress  # a restored Tuner's is the pickled one
+        try:
+            with ctrl_c:
+                tuner.fit()
+        except KeyboardInterrupt:  # the second Ctrl-C: Tune's last snapshot is what resumes
+            callback.mark_unfinished(None)
+            ctrl_c.pressed = True
     finally:
         if owns_ray:
             ray.shutdown()
+    if ctrl_c.pressed:  # the state is saved; compaction can wait for the resumed run
+        raise StudyInterrupted(f"study {spec.name!r} was interrupted; `semiseg-study run --resume` continues it")
     from study.store import ResultStore
 
     store = ResultStore(folder, spec.name)
@@ -161,8 +173,28 @@ def connect(address: str | None) -> bool:
     else:
         # "local": a Ray of this process's own, never the last `ray start` cluster of this machine
         # (which ray.init() would join without a word); a cluster is joined with --address only.
-        ray.init(address="local", include_dashboard=False, **common)
+        with _quiet_token_notice():
+            ray.init(address="local", include_dashboard=False, **common)
     return True
+
+
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextlib.contextmanager
+def _quiet_token_notice() -> Iterator[None]:
+    """Ray turns token authentication on for a new local cluster and says so, to a user who never
+    started a cluster. It stays on; only the notice goes. (A cluster joined with --address is not
+    started here: Ray's token check applies to it unchanged.)"""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _TokenNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -305,6 +337,12 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),
     )
+
+
+def _store_callback(tuner: Any) -> Any:
+    from study.callbacks import StoreCallback
+
+    return next(c for c in ray_internals.tuner_callbacks(tuner) if isinstance(c, StoreCallback))
 
 
 def summary(store: "Any") -> dict[str, Any]:

@@ -12,10 +12,11 @@ from optuna.distributions import CategoricalDistribution
 from plotly.subplots import make_subplots
 
 from search_spaces.space import quiet_optuna
-from study.records import ERRORED, FINISHED, RUNNING, STOPPED
+from study.records import ERRORED, FINISHED, INTERRUPTED, RUNNING, STOPPED
 from study.report.data import StudyData, esc, finite, params_of
 
-STATUS_COLOURS = dict(zip((FINISHED, STOPPED, ERRORED, RUNNING), ("#2a9d8f", "#e9c46a", "#e63946", "#457b9d")))
+STATUS_COLOURS = dict(zip((FINISHED, STOPPED, ERRORED, RUNNING, INTERRUPTED),
+                          ("#2a9d8f", "#e9c46a", "#e63946", "#457b9d", "#8d99ae")))
 MIOU = "val mIoU (%)"
 
 
