@@ -4,12 +4,12 @@ One ranking serves the run summary, the report's top-trials table, ``retrain --t
 and ``export --rank N``, so "rank 1" means the same trial everywhere:
 
 1. trials that trained the full budget (``finished``), by best val mIoU;
-2. then trials stopped early (by ASHA or the time budget), by best val mIoU.
+2. then trials that ended before the full budget: stopped early (by ASHA or the time budget)
+   or interrupted (by Ctrl-C; ``run --resume`` continues them), by best val mIoU.
 
 A stopped trial's score comes from a shorter run, so it never outranks one that
-finished, even if its early number happens to be higher. Errored trials, trials still
-running or interrupted (``run --resume`` continues them), and trials without an evaluation
-are not ranked.
+finished, even if its early number happens to be higher. Errored trials, running ones and
+trials without an evaluation are not ranked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from study.location import Location, as_location
-from study.records import FINISHED, STOPPED, stored_config
+from study.records import FINISHED, INTERRUPTED, STOPPED, stored_config
 from study.store import ResultStore
 from trainer.config import ConfigError, TrainConfig
 
@@ -35,7 +35,7 @@ def has_score(row: dict[str, Any]) -> bool:
 
 def ranked_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials rows, best first (see the module docstring); ties keep trial-id order."""
-    ranked = [row for row in rows if row.get("status") in (FINISHED, STOPPED) and has_score(row)]
+    ranked = [row for row in rows if row.get("status") in (FINISHED, STOPPED, INTERRUPTED) and has_score(row)]
     ranked.sort(key=lambda row: (row["status"] != FINISHED, -row["best_val_miou"], row["trial_id"]))
     return ranked
 

@@ -62,6 +62,9 @@ def test_ctrl_c_saves_the_study_exits_130_and_resume_finishes_each_report_once(t
     assert f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) in out
     table = status_table(list(trials.values()))
     assert sum(" interrupted " in line for line in table.splitlines()) == len(cut)
+    assert main(["report", "cc", "--dir", str(root), "-o", str(tmp_path / "cut.html")]) == 0
+    written = (tmp_path / "cut.html").read_text().split('id="written">', 1)[1].split("</p>", 1)[0]
+    assert f"{len(cut)} interrupted" in written
 
     # Optuna still has them running: neither pruned nor failed, so TPE learns nothing from a cut.
     spec = read_study_json(root / "cc")
