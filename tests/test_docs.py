@@ -241,7 +241,7 @@ def problems(found: list[Snippet], code: Commands) -> tuple[list[str], int]:
         if "=" not in assignment:
             wrong.append(f"{where}: --set {assignment}: not KEY=VALUE")
         elif not _placeholder(key) and key not in code.fields:
-            wrong.append(f"{where}: --set {key}=...: TrainConfig has no field {key!r}")
+            wrong.append(f"{where}: {key}=...: TrainConfig has no field {key!r}")
 
     for snippet in found:
         tokens = _tokens(snippet.text)
@@ -252,8 +252,8 @@ def problems(found: list[Snippet], code: Commands) -> tuple[list[str], int]:
         if names:
             for i in names:
                 command = tokens[i + 1] if i + 1 < len(tokens) else None
-                if command is None or command.startswith("-") or not snippet.shell and command == "NAME":
-                    continue  # the bare program name, in prose
+                if command is None or command.startswith("-"):
+                    continue  # the program's name in prose
                 if command not in code.flags:
                     wrong.append(f"{snippet.where}: semiseg-study has no command {command!r}")
                     continue
