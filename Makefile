@@ -1,6 +1,6 @@
 # The two commands of README.md: `make study` (the main job) and `make test`.
 # Each creates .venv on first use: torch==2.13.0 first (a CPU build; an unpinned torch
-# pulls a CUDA build of several GB), then this project with its test and dehb extras, then
+# pulls a CUDA build of several GB), then this project with its test, dehb and docs extras, then
 # dehb itself with --no-deps: its metadata pins numpy<2 (it runs under numpy 2), and pip
 # would otherwise downgrade numpy.
 
@@ -9,13 +9,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 
-.PHONY: study test install browser
+.PHONY: study test install browser docs
 
 $(BIN)/semiseg-study: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,dehb]'
+	$(BIN)/pip install --quiet -e '.[test,dehb,docs]'
 	$(BIN)/pip install --quiet --no-deps dehb==0.1.2
 	touch $@
 
@@ -33,5 +33,11 @@ browser:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver postgresql \
 	  || echo "could not install chromium and postgresql: their tests will be skipped (failed on CI)"; }
 
+# tests/test_docs.py builds the site with `mkdocs build --strict` (a broken link or a page
+# missing from mkdocs.yml fails) and runs the README's blocks marked runnable.
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# The documentation site, rebuilt on every change, at http://127.0.0.1:8000
+docs: install
+	$(BIN)/mkdocs serve

@@ -15,7 +15,7 @@ uses the trials' seconds (``time_total_s``), as the simulator's clock counts the
     python benchmarks/validate_simulator.py studies/main studies/main-2 studies/random-1 ...
     python benchmarks/validate_simulator.py studies/main --curves nearest --repeats 20
 
-Study folders do not outlive the machine they ran on, so the real studies cited in the README
+Study folders do not outlive the machine they ran on, so the real studies cited in docs/search-efficiency.md
 are kept in ``benchmarks/data/real_studies.parquet`` (their reports, with each study's spec
 and provenance in the file's metadata): ``--record`` adds studies to it (a study of the same
 name is replaced), and with no study named the script validates every recorded one::

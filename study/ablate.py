@@ -251,7 +251,7 @@ def diverged_text(measured: tuple[Measured, ...] | None) -> str:
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:
-    """Both tables as Markdown (the README and the terminal show the same thing)."""
+    """Both tables as Markdown (docs/benchmarks.md and the terminal show the same thing)."""
     summary = summarise(rows)
     lines = [f"ablation of trial {summary['winner']} at {summary['iterations']} iterations, seeds "
              f"{', '.join(map(str, summary['seeds']))} (test mIoU points, paired by seed)", "",

@@ -76,6 +76,6 @@ def check_nodes_reach(root: Location) -> None:
     instead = ("use a path every node mounts at the same place (NFS) or an object store every node reaches "
                "(--dir s3://bucket/prefix)" if root.local else
                "give those nodes the credentials and network to reach it (their environment, credential files "
-               "or instance role; see README, Storage)")
+               "or instance role; see docs/clusters.md, Credentials)")
     raise ConfigError(f"--dir {root}: {what} {len(failed)} of {len(nodes)} Ray nodes cannot read and write: "
                       f"{names} ({failed[0][2]}); {instead}")

@@ -168,7 +168,7 @@ def gain_text(gain: tuple[float, float, int, int] | None) -> str:
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:
-    """The retrain table as Markdown: README and the terminal show the same thing."""
+    """The retrain table as Markdown: docs/benchmarks.md and the terminal show the same thing."""
     lines = ["| config | test mIoU | gain over paper point | gain over supervised only | s/it | extra compute "
              "| gain per +100% compute |", "|---|---|---|---|---|---|---|"]
     for entry in summarise(rows):

@@ -57,7 +57,7 @@ class StudySpec:
     storage: str | None = None    # an Optuna storage URL; None: SQLite in the study folder
     seed: int = 0
     time_budget: float = 0.0      # seconds of wall time after which the study stops; 0: none
-    keep_checkpoints: int = 2     # per trial; 0 keeps all (see README, "When things go wrong")
+    keep_checkpoints: int = 2     # per trial; 0 keeps all (see docs/troubleshooting.md)
     study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)  # sampled values evaluated first, after the paper point

@@ -2,7 +2,7 @@
 
 Like UniMatch's one short config per dataset. ``TrainConfig()`` holds the paper's
 PASCAL VOC values; ``trainer.config.preset(name)`` returns them with the dataset's changes.
-Why each digits value differs from the paper is said in README.md ("Defaults").
+Why each digits value differs from the paper is said in docs/digits.md.
 
 Plain data, importing nothing of the trainer: ``trainer.config`` reads it.
 """
