@@ -228,3 +228,14 @@ def test_reload_best_after_a_plateau_restores_the_best_networks_and_records_it(t
     monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val", model=None: (0.1, [0.0]))
     fit(_cfg(iterations=4, eval_every=1), on_evaluation=lambda e, t: plain.append(e.reloaded_best))
     assert plain == [None] * 4  # reload_best_after=0, the default: never
+
+
+def test_compiled_networks_keep_the_eager_parameter_names_so_checkpoints_cross_over():
+    # Compiling happens at the first forward (slow on a CPU); construction alone shows the wiring.
+    compiled, eager = Trainer(_cfg(compile=True)), Trainer(_cfg())
+    assert compiled.student._compiled_call_impl is not None and compiled.teacher._compiled_call_impl is not None
+    assert eager.student._compiled_call_impl is None
+    state = compiled.state_dict()
+    assert list(state["student"]) == list(eager.state_dict()["student"])
+    eager.load_state_dict(state)  # a compiled run's checkpoint resumes eagerly, and back
+    _assert_same_state(state["teacher"], eager.state_dict()["teacher"])

@@ -26,3 +26,12 @@ def test_a_real_layout_trains_on_the_gpu_from_pinned_batches(workers, tmp_path):
     last = trainer.run()
     assert last.iteration == 4 and 0 <= last.miou <= 1
     assert trainer.bank.vectors.is_cuda and next(trainer.student.parameters()).is_cuda
+
+
+def test_the_fast_path_compiled_bf16_channels_last_trains_on_the_gpu(tmp_path):
+    cfg = _cfg("voc", _voc(tmp_path / "voc"), device="cuda", amp=True, channels_last=True, compile=True,
+               labeled_fraction=0.5, iterations=4, eval_every=2)
+    trainer = Trainer(cfg)
+    parts = [trainer.train_step() for _ in range(4)]
+    assert all(torch.isfinite(torch.tensor(list(p.values()))).all() for p in parts)
+    assert 0 <= trainer.evaluation("val").miou <= 1

@@ -79,6 +79,8 @@ class TrainConfig:
                          "trainer (0: decode every image once into memory)", low=0, high=256)
     amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
     channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
+    compile: bool = _spec(False, "torch.compile the student and teacher networks (fused kernels; the first steps "
+                          "pay the compilation, cached across a machine's runs)")
 
     # --- augmentation (geometry; colour jitter strengths 0.125 weak and 0.25 strong and the blur
     # probabilities are the official code's, the jitter's saturation and hue ranges the project's:

@@ -89,6 +89,9 @@ class Trainer:
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        if cfg.compile:  # in place: parameter names, and so checkpoints, stay those of eager runs
+            self.student.compile()
+            self.teacher.compile()
         # Frozen parameters stay out of the optimiser, so weight decay does not shrink them either.
         self.optimizer = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
