@@ -81,10 +81,9 @@ def test_a_driver_killed_inside_a_compaction_loses_no_row_and_readers_see_each_k
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
 
-    # The merged part and the 3 - survive parts not yet deleted: every row there, some twice.
-    assert len(_parts(study)) == 1 + 3 - survive
     left = raw_rows(study)
     assert sorted(set(_miou(left))) == keys and _miou(left) == _miou(written)  # no row lost, none changed
+    assert len(_parts(study)) == 1 + 3 - survive  # the merged part and the parts not yet deleted
     assert repeated(left, *KEY)  # the crash left duplicates, which the readers must hide
     reports = ResultStore(study, "s").reports().to_pylist()
     assert not repeated(reports, *KEY) and _miou(reports) == _miou(written)
@@ -99,23 +98,26 @@ def test_a_driver_killed_inside_a_compaction_loses_no_row_and_readers_see_each_k
 
 def test_a_part_written_while_a_compaction_runs_survives_it_on_s3(s3_server, monkeypatch):
     """A second writer stores a part after the compaction has listed and read the folder, before it
-    deletes: the compaction deletes only the parts it read, so the new part and its row stay."""
+    writes its merged part: the compaction deletes only the parts it read, so the new one stays."""
+    from study import store as store_module
+
     _, make_bucket = s3_server
     study, keys = _study(make_bucket, "compact-during")
-    other, delete, wrote = ResultStore(study, "s"), Location.delete, []
+    other, write, late = ResultStore(study, "s"), store_module.write_part, []
 
-    def delete_after_a_late_write(self: Location) -> None:
-        if not wrote:  # the first delete: the merged part is written, none of the old ones removed yet
-            wrote.append(other.append_reports([_row("c", 3)]))
-        delete(self)
+    def merged_after_a_late_part(table, path) -> None:  # noqa: ANN001 - write_part's own
+        if not late:  # the compaction's write of its merged part: another part lands first
+            late.append(None)  # (that part's own write comes back here, and passes)
+            late[0] = other.append_reports([_row("c", 3)])
+        write(table, path)
 
-    monkeypatch.setattr(Location, "delete", delete_after_a_late_write)
+    monkeypatch.setattr(store_module, "write_part", merged_after_a_late_part)
     assert ResultStore(study, "s").compact() == 3
     monkeypatch.undo()
-    assert wrote == [1]
+    assert late == [1]
     rows = raw_rows(study)
+    assert sorted(_miou(rows)) == sorted([*keys, ("c", 3)]) and not repeated(rows, *KEY)
     assert len(_parts(study)) == 2  # the merged part and the late one
-    assert not repeated(rows, *KEY) and sorted(_miou(rows)) == sorted([*keys, ("c", 3)])
     assert ResultStore(study, "s").compact() == 2
     assert len(_parts(study)) == 1 and sorted(_miou(raw_rows(study))) == sorted([*keys, ("c", 3)])
 
