@@ -3,6 +3,10 @@
 ``ResultStore`` readers keep the first row of each key, and ``semiseg-study run`` compacts the
 reports at its end: both hide a row written twice. Exactly-once checks read through this module
 instead, on a study run with ``--keep-parts`` (no compaction), so a duplicate shows.
+
+Also here, for the resume checks: Tune's own result lines per trial (``tune_results``), one
+uninterrupted run of a config to compare a restored trial with, to the bit (``uninterrupted``,
+``bit_differences``), and ASHA's rule replayed on a rung file (``asha_decisions``).
 """
 
 from __future__ import annotations
