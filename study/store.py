@@ -219,7 +219,9 @@ class ResultStore:
         if len(paths) < 2:
             return 0
         merged = _read(paths, schema, REPORTS, self.reports_dir)
-        write_part(merged, self.reports_dir / _part_name())
+        merged_part = self.reports_dir / _part_name()
+        write_part(merged, merged_part)
+        # The parts listed above, never a fresh listing: a part written meanwhile is not in `merged`.
         for path in paths:
             path.delete()
         return len(paths)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ABLATE_ARGS, REPORT_SPACE, REPORT_TINY
+from raw_parts import raw_rows, repeated
 
 from study.ablate import ADD_IN, LEAVE_OUT, PAPER, WINNER, make_plan, run_id, summarise, table_text
 from study.cli import main
@@ -82,9 +83,18 @@ def _rows(folder: Path) -> list[dict]:
     return ResultStore(folder, "tiny").ablate().to_pylist()
 
 
+def _written_once(folder: Path) -> list[dict]:
+    """The ablation rows as written (every part, no de-duplication), each (run_id, variant) once."""
+    rows = raw_rows(folder, "ablate")
+    assert not repeated(rows, "run_id", "variant")
+    trained = [r["run_id"] for r in rows if not r["shared_run"]]
+    assert not repeated([{"run_id": r} for r in trained], "run_id")  # each run trained once
+    return rows
+
+
 def test_ablate_runs_both_plans_on_the_same_seeds_and_prints_the_paired_contributions(ablated_study):
     folder, printed = ablated_study
-    rows = _rows(folder)
+    rows = _written_once(folder)
     by = {(r["variant"], r["seed"]): r for r in rows}
     assert len(by) == len(rows) == len(LABELS) * 2 and {r["variant"] for r in rows} == LABELS
     assert {r["seed"] for r in rows} == {1000, 1001} and {r["iterations"] for r in rows} == {ITERATIONS}
@@ -176,7 +186,7 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130 and "interrupted" in err, err
 
-    before = {(r["run_id"], r["variant"]): r for r in _rows(root / "tiny")}
+    before = {(r["run_id"], r["variant"]): r for r in _written_once(root / "tiny")}
     trained_before = {r["run_id"] for r in before.values() if not r["shared_run"]}
     assert 2 <= len(trained_before) < TRAINED * 2, "the interrupt came too late to test a resume"
     files_before = {p.name for p in parts.glob("*.parquet")}
@@ -189,7 +199,7 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     assert (f"{TRAINED * 2} distinct runs of {ITERATIONS} iterations: {TRAINED * 2 - len(trained_before)} to train "
             f"({len(trained_before)} stored already)") in out
 
-    rows = _rows(root / "tiny")
+    rows = _written_once(root / "tiny")
     after = {(r["run_id"], r["variant"]): r for r in rows}
     assert len(after) == len(rows) == len(LABELS) * 2
     assert all(after[key] == row for key, row in before.items())  # the stored rows untouched
@@ -197,7 +207,7 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     trained = [r["run_id"] for r in rows if not r["shared_run"]]
     assert len(trained) == len(set(trained)) == TRAINED * 2  # no run trained twice
     assert main(["ablate", "tiny", "--dir", str(root), *ABLATE_ARGS]) == 0  # a third call trains nothing
-    assert "0 to train (8 stored already)" in capsys.readouterr().out and len(_rows(root / "tiny")) == len(rows)
+    assert "0 to train (8 stored already)" in capsys.readouterr().out and len(_written_once(root / "tiny")) == len(rows)
     assert LEAVE_OUT in {r["plan"] for r in rows}
 
 
@@ -236,3 +246,4 @@ def test_a_variant_that_diverges_is_stored_with_its_reason_and_not_trained_again
 
     assert main(["ablate", "div", "--dir", str(tmp_path), "--seeds", "1", "--quiet"]) == 0
     assert "0 to train (4 stored already)" in capsys.readouterr().out
+    assert len(raw_rows(folder, "ablate")) == 8 and not repeated(raw_rows(folder, "ablate"), "run_id", "variant")

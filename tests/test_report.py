@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from raw_parts import raw_rows, repeated
 from study.cli import main
 from study.ranking import NoFinishedTrialError, ranked_trials
 from study.report import SECTIONS, load_study, render, watch, write_report
@@ -180,6 +181,8 @@ def test_retrain_scores_top_paper_and_supervised_on_paired_seeds(study):
     assert "| paper point |" in table_text(rows) and "gain per +100% compute" in table_text(rows)
     again = retrain(study, top=1, seeds=2, iterations=6, progress=False, say=lambda _: None)
     assert sorted(map(str, again)) == sorted(map(str, rows))  # a second call trains nothing new
+    written = raw_rows(study, "retrain")  # the parts as written: each run once
+    assert len(written) == len(rows) and not repeated(written, "candidate", "seed", "iterations")
     page = render(load_study(study))
     assert "Retrained on seeds" in page
 

@@ -3,8 +3,9 @@
 The study lives in object storage (moto's S3 server on 127.0.0.1, in this process), so the
 trials of the removed node can only continue from checkpoints that Tune uploaded there.
 Run by test_node_loss.py in its own process (it starts and stops its own Ray and S3). Prints
-one JSON line: the worker node's id, when it was removed, the study's URI, and Tune's
-results per trial.
+one JSON line: the worker node's id, when it was removed, Tune's results per trial, and the
+study's trials (with their configs) and report parts as written (the study runs without the
+end-of-run compaction, and the parts are read raw: a row written twice shows).
 """
 
 import json
@@ -24,6 +25,8 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from conftest import tiny_overrides  # noqa: E402  (also sets the S3 test credentials, which the nodes inherit)
+from raw_parts import SAME_BITS, raw_rows  # noqa: E402
+from study.records import stored_config  # noqa: E402
 from study.location import parse  # noqa: E402
 from study.run import run_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
@@ -50,7 +53,7 @@ def main() -> None:
 
         def study() -> None:
             try:
-                run_study(spec, root, progress=False, say=lambda _: None)
+                run_study(spec, root, progress=False, say=lambda _: None, compact=False)
             except BaseException as err:  # noqa: BLE001 - reported by the main thread
                 errors.append(err)
 
@@ -77,10 +80,12 @@ def main() -> None:
                 continue
             rows = [json.loads(line) for line in s3.open_input_stream(name.path).read().decode().splitlines()]
             for r in rows:
-                results.setdefault(r["trial_id"], []).append([r["iteration"], r["node"], r["timestamp"]])
+                results.setdefault(r["trial_id"], []).append({k: r.get(k) for k in ("iteration", "node", "timestamp",
+                                                                                  *SAME_BITS)})
         # The server goes with this process: what the test checks of the store travels in the JSON.
-        trials = store.trials().select(["trial_id", "status", "retries", "node"]).to_pylist()
-        reports = store.reports().select(["trial_id", "iteration", "node"]).to_pylist()
+        trials = [{**{k: t[k] for k in ("trial_id", "status", "retries", "node")}, "config": stored_config(t).to_dict()}
+                  for t in raw_rows(folder, "trials")]
+        reports = [{k: r[k] for k in ("trial_id", "iteration", "node", *SAME_BITS)} for r in raw_rows(folder)]
         checkpoints = [i.path for i in s3.get_file_info(pafs.FileSelector("nodes/studies/nodes/tune", recursive=True))
                        if i.path.endswith("/trainer.pt")]
         print(json.dumps({"worker": worker_id, "removed": removed, "results": results, "trials": trials,

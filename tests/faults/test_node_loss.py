@@ -1,5 +1,6 @@
 """A worker node dies mid-study: its trials resume from their checkpoints in object storage on the
-node that is left."""
+node that is left, each report is stored once (read raw, from the parts as written), and a trial
+restored from its checkpoint reports, to the bit, what an uninterrupted run does."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from raw_parts import bit_differences, repeated, uninterrupted
+from trainer.config import TrainConfig
 
 HERE = Path(__file__).parent
 
@@ -24,8 +28,8 @@ def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(t
     trials, rows = seen["trials"], seen["reports"]  # read from the bucket by the driver, whose server is gone
     assert seen["checkpoints"] > 0  # the trials' checkpoints were in object storage
     assert len(trials) == 6 and {t["status"] for t in trials} == {"finished"}  # every trial accounted for
-    keys = [(r["trial_id"], r["iteration"]) for r in rows]
-    assert len(keys) == len(set(keys))  # each (trial, iteration) once
+    assert not repeated(trials, "trial_id")
+    assert not repeated(rows, "trial_id", "iteration")  # each (trial, iteration) once, in the parts as written
     for t in trials:
         assert sorted(r["iteration"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(6, 61, 6))
 
@@ -40,15 +44,24 @@ def test_trials_of_a_removed_node_resume_on_the_other_and_every_row_lands_once(t
     resumed = 0
     for t in moved:
         on_worker = {r["iteration"] for r in rows if r["trial_id"] == t["trial_id"] and worker in r["node"]}
-        on_worker |= {r[0] for r in seen["results"][t["trial_id"]] if worker in r[1]}
+        on_worker |= {r["iteration"] for r in seen["results"][t["trial_id"]] if worker in r["node"]}
         if not on_worker:
             continue  # it started there but died before its first checkpoint: it began again
-        after = [r for r in seen["results"][t["trial_id"]] if worker not in r[1]]  # in Tune's order
+        after = [r for r in seen["results"][t["trial_id"]] if worker not in r["node"]]  # in Tune's order
         assert after, (t["trial_id"], on_worker)
-        resumed_from = after[0][0] - 6  # the checkpoint it continued from; 0: it began again
-        assert resumed_from in on_worker | {0}, (t["trial_id"], on_worker, after[:2])
-        assert resumed_from >= max(on_worker) - 6, (t["trial_id"], on_worker, after[:2])  # one evaluation lost at most
+        resumed_from = after[0]["iteration"] - 6  # the checkpoint it continued from; 0: it began again
+        where = (t["trial_id"], on_worker, [r["iteration"] for r in after[:2]])
+        assert resumed_from in on_worker | {0}, where
+        assert resumed_from >= max(on_worker) - 6, where  # one evaluation lost at most
         assert worker not in t["node"]
-        resumed += resumed_from > 0
+        if resumed_from > 0:
+            # Restored from the checkpoint the removed node had sent to the bucket: its next evaluation
+            # is, to the bit, an uninterrupted run's (and so is every row stored of it up to there).
+            reference = uninterrupted(TrainConfig.from_dict(t["config"]), after[0]["iteration"])
+            assert not bit_differences(after[0], reference[after[0]["iteration"]]), where
+            for row in rows:
+                if row["trial_id"] == t["trial_id"] and row["iteration"] <= after[0]["iteration"]:
+                    assert not bit_differences(row, reference[row["iteration"]]), (where, row["iteration"])
+            resumed += 1
     assert resumed >= 1, json.dumps({"worker": worker, "moved": [(t["trial_id"], t["retries"], t["node"]) for t in moved],
                                      "results": seen["results"]})[:6000]

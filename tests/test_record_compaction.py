@@ -1,0 +1,128 @@
+"""Compaction of the report parts on the loopback S3 server, under faults: a driver killed between
+writing the merged part and deleting the parts it merged loses no row (readers see each key once),
+and a part written while a compaction runs survives it.
+
+The kill is a real SIGKILL of a separate process, taken at an exact point: its ``Location.delete``
+is wrapped to kill the process itself before the (k+1)-th delete. An injected exception at the same
+point would be deterministic too, but it runs the code's ``except``/``finally`` paths and unwinds the
+stack, which a dead driver never does; the SIGKILL leaves the bucket exactly as a crash there would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from raw_parts import raw_rows, repeated
+from study.location import Location, as_location
+from study.records import evaluation_metrics, report_row
+from study.store import ResultStore
+from trainer.evaluation import LOSS_PARTS, Evaluation
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = ("trial_id", "iteration")
+
+# The compaction of a driver that dies just before its (k+1)-th delete: the merged part is written,
+# k of the parts it merged are gone, the others are still there.
+DIES_AT_A_DELETE = textwrap.dedent("""
+    import os, signal, sys
+    from study.location import Location
+    from study.store import ResultStore
+
+    study, survive = sys.argv[1], int(sys.argv[2])
+    deleted, delete = [0], Location.delete
+
+    def dying_delete(self):
+        if deleted[0] == survive:
+            os.kill(os.getpid(), signal.SIGKILL)  # no handler, no finally: the process is gone here
+        deleted[0] += 1
+        delete(self)
+
+    Location.delete = dying_delete
+    ResultStore(study, "s").compact()
+    raise SystemExit("the compaction ended without reaching the delete it should die at")
+""")
+
+
+def _row(trial: str, iteration: int) -> dict:
+    evaluation = Evaluation(iteration=iteration, split="val", miou=0.1 * iteration + (0.01 if trial == "b" else 0.0),
+                            iou=[0.9, float("nan"), 0.1], losses={part: 0.5 for part in LOSS_PARTS},
+                            bank_fill=[1.0, 0.5, 0.0], images_per_second=100.0, lr=0.01, train_seconds=1.0)
+    return report_row("s", trial, evaluation_metrics(evaluation), {"lr": 0.01, "bank_size": 16}, "10.0.0.7", 2.0)
+
+
+def _study(make_bucket, bucket: str) -> tuple[Location, list[tuple[str, int]]]:
+    """A study in a fresh bucket whose reports are three parts, as a driver writes them."""
+    study = as_location(make_bucket(bucket)) / "s"
+    store = ResultStore(study, "s")
+    for batch in ([("a", 3), ("b", 3)], [("a", 6)], [("b", 6), ("a", 9)]):
+        assert store.append_reports([_row(*key) for key in batch]) == len(batch)
+    return study, sorted(k for batch in ([("a", 3), ("b", 3)], [("a", 6)], [("b", 6), ("a", 9)]) for k in batch)
+
+
+def _miou(rows: list[dict]) -> dict[tuple[str, int], float]:
+    return {(r["trial_id"], r["iteration"]): r["val_miou"] for r in rows}
+
+
+@pytest.mark.parametrize("survive", [0, 1], ids=["before-any-delete", "after-one-delete"])
+def test_a_driver_killed_inside_a_compaction_loses_no_row_and_readers_see_each_key_once(s3_server, survive):
+    _, make_bucket = s3_server
+    study, keys = _study(make_bucket, f"compact-killed-{survive}")
+    written = raw_rows(study)
+    assert sorted(_miou(written)) == keys and len(_parts(study)) == 3
+
+    died = subprocess.run([sys.executable, "-c", DIES_AT_A_DELETE, str(study), str(survive)],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+
+    left = raw_rows(study)
+    assert sorted(set(_miou(left))) == keys and _miou(left) == _miou(written)  # no row lost, none changed
+    assert len(_parts(study)) == 1 + 3 - survive  # the merged part and the parts not yet deleted
+    assert repeated(left, *KEY)  # the crash left duplicates, which the readers must hide
+    reports = ResultStore(study, "s").reports().to_pylist()
+    assert not repeated(reports, *KEY) and _miou(reports) == _miou(written)
+
+    # A resumed driver knows every key, and the next compaction leaves each row once, in one part.
+    again = ResultStore(study, "s")
+    assert again.append_reports([_row("a", 9)]) == 0
+    assert again.compact() == 1 + 3 - survive  # every part there, the crashed merge's included
+    final = raw_rows(study)
+    assert len(_parts(study)) == 1 and not repeated(final, *KEY) and _miou(final) == _miou(written)
+
+
+def test_a_part_written_while_a_compaction_runs_survives_it_on_s3(s3_server, monkeypatch):
+    """A second writer stores a part after the compaction has listed and read the folder, before it
+    writes its merged part: the compaction deletes only the parts it read, so the new one stays."""
+    from study import store as store_module
+
+    _, make_bucket = s3_server
+    study, keys = _study(make_bucket, "compact-during")
+    other, write, late = ResultStore(study, "s"), store_module.write_part, []
+
+    def merged_after_a_late_part(table, path) -> None:  # noqa: ANN001 - write_part's own
+        if not late:  # the compaction's write of its merged part: another part lands first
+            late.append(None)  # (that part's own write comes back here, and passes)
+            late[0] = other.append_reports([_row("c", 3)])
+        write(table, path)
+
+    monkeypatch.setattr(store_module, "write_part", merged_after_a_late_part)
+    assert ResultStore(study, "s").compact() == 3
+    monkeypatch.undo()
+    assert late == [1]
+    rows = raw_rows(study)
+    assert sorted(_miou(rows)) == sorted([*keys, ("c", 3)]) and not repeated(rows, *KEY)
+    assert len(_parts(study)) == 2  # the merged part and the late one
+    assert ResultStore(study, "s").compact() == 2
+    assert len(_parts(study)) == 1 and sorted(_miou(raw_rows(study))) == sorted([*keys, ("c", 3)])
+
+
+def _parts(study: Location) -> list[str]:
+    """The names of the report part files (what a dataset reader reads)."""
+    return sorted(name for name, is_file in (study / "results" / "reports").list()
+                  if is_file and not name.startswith((".", "_")))

@@ -1,0 +1,58 @@
+"""An interrupted `semiseg-study retrain`, run again: the stored runs stay as written, only the
+others train, and in the parts as written (no de-duplication) each (candidate, seed, iterations)
+appears once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from raw_parts import raw_rows, repeated
+from study.retrain import retrain
+from study.spec import read_study_json, write_study_json
+
+RUN_KEY = ("candidate", "seed", "iterations")
+PLAN = {"top": 1, "seeds": 1, "iterations": 6}  # 3 configs (the winner, the paper point, supervised) x 1 seed
+
+
+def test_an_interrupted_retrain_run_again_trains_only_the_rest_and_stores_each_run_once(ray_local, small_study,
+                                                                                         tmp_path):
+    """Ctrl-C a real `semiseg-study retrain` (a second driver on the session's Ray) once a run is
+    stored, then retrain again here, then once more."""
+    root = tmp_path / "studies"
+    folder = root / "tiny"
+    shutil.copytree(small_study, folder, ignore=shutil.ignore_patterns("ablate", "retrain"))
+    # retrain joins the study's Ray, as a study run on a cluster records it: here the session's.
+    address = ray_local.get_runtime_context().gcs_address
+    write_study_json(folder, dataclasses.replace(read_study_json(folder), address=address))
+    parts = folder / "retrain"
+    driver = subprocess.Popen([sys.executable, "-m", "study", "retrain", "tiny", "--dir", str(root), "--quiet",
+                               *[f"--{k}={v}" for k, v in PLAN.items()]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240  # bounds the wait only
+    while not list(parts.glob("*.parquet")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and "interrupted" in err, err
+
+    before = raw_rows(folder, "retrain")
+    assert not repeated(before, *RUN_KEY)
+    assert 1 <= len(before) < 3, "the interrupt came too late to test a resume"
+
+    said: list[str] = []
+    rows = retrain(folder, progress=False, say=said.append, **PLAN)
+    written = raw_rows(folder, "retrain")
+    assert not repeated(written, *RUN_KEY) and len(written) == len(rows) == 3  # each run once, as written
+    assert said == [f"retraining 3 configs x 1 seeds: {3 - len(before)} runs to do ({len(before)} stored already)"]
+    by_key = {tuple(r[k] for k in RUN_KEY): json.dumps(r, default=str) for r in written}
+    assert all(by_key[tuple(r[k] for k in RUN_KEY)] == json.dumps(r, default=str) for r in before)  # untouched
+
+    said.clear()
+    assert len(retrain(folder, progress=False, say=said.append, **PLAN)) == 3
+    assert said == [] and len(raw_rows(folder, "retrain")) == 3  # a third call trains and writes nothing
