@@ -109,6 +109,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     base_cfg, grace, note = check_space(spec)
     ray_internals.check_release()
     folder = check_folder(spec, root, resume=resume, replace=replace)
+    if spec.storage:
+        check_storage(spec.storage, folder, password)  # a bad URL: one line, before Ray and before the folder
 
     import ray
 
@@ -145,6 +147,20 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     if compact:
         store.compact()
     return summary(store)
+
+
+def check_storage(storage: str, folder: Location, password: str | None) -> None:
+    """Open ``--storage`` once and let it go: ConfigError on a URL Optuna cannot open. SQLite is
+    left to the study (its file may be meant to sit in the study folder, not made yet)."""
+    import sqlalchemy.engine
+
+    try:
+        if sqlalchemy.engine.make_url(storage).get_backend_name() == "sqlite":
+            return
+    except Exception:  # noqa: BLE001 - not a database URL at all: opening it says so, in one line
+        pass
+    opened = open_storage(storage, folder, "", resume=False, password=password)
+    opened.engine.dispose()
 
 
 def connect(address: str | None) -> bool:
