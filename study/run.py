@@ -11,6 +11,8 @@ import contextlib
 import logging
 import math
 import socket
+import sys
+import tempfile
 import uuid
 import os
 import time
@@ -179,7 +181,8 @@ def connect(address: str | None) -> bool:
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
         try:
-            ray.init(address=address, **common)
+            with _held_stderr():
+                ray.init(address=address, **common)
         except ConnectionError as err:
             raise ConfigError(_connect_hint(address, err)) from None
         except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a refused token
@@ -211,6 +214,34 @@ def _quiet_token_notice() -> Iterator[None]:
         yield
     finally:
         log.removeFilter(notice)
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 while Ray connects, and pass it on if it connects.
+
+    A cluster that refuses the connection (a missing or wrong token) makes Ray's C++ client log a
+    warning a second, for about 20 s, before ray.init gives up: the refusal is then one line of
+    ours (the held lines go to the debug log), not a screen of retries.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    connected = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            connected = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read()
+            if connected and text:
+                os.write(2, text)
+            elif text:
+                logger.debug("Ray while connecting: %s", text.decode(errors="replace"))
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
