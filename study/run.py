@@ -337,6 +337,7 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
     from study.search import PersistentASHA, make_sampler, make_searcher
     from study.trial import run_trial
 
+    ray_internals.keep_credentials_out_of_runtime_envs()  # else Ray logs the secret key on every node
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
