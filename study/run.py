@@ -96,10 +96,13 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
 
 
 def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = False, replace: bool = False,
-              say: Say = print, progress: bool = True, compact: bool = True) -> dict[str, Any]:
+              say: Say = print, progress: bool = True, compact: bool = True,
+              on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the study to the end and return the summary of its best trial.
 
     ``compact=False`` leaves the report parts as written (one per stored batch of reports).
+    ``on_ready`` is called once the folder is this study's (made, or the one resumed), before
+    any trial: what writes into the folder beside the study (the live report) starts there.
     """
     # The password of --storage is used, never stored (study/optuna_storage.py).
     storage, password = split_password(spec.storage)
@@ -126,6 +129,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             # A shared --storage may hold an older study of the same name: never continue it by accident.
             spec.study_id = spec.study_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
             write_study_json(folder, spec)
+        if on_ready:
+            on_ready()
         if note and spec.scheduler == "asha":
             say(note)
         _ensure_pretrained(base_cfg)
