@@ -71,13 +71,27 @@ def create_folder(folder: "Location | Path", say: Say = print) -> None:
         return  # an object store makes prefixes as objects land (check_folder refused an existing one)
     folder = folder.path
     if folder.exists():
-        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept = _aside(folder)
         folder.rename(kept)
         say(f"moved the previous study {folder.name!r} to {kept}")
     try:
         folder.mkdir(parents=True)
     except OSError as err:
         raise ConfigError(f"cannot create the study folder {folder}: {err.strerror}") from None
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _aside(folder: Path) -> Path:
+    """A free name beside ``folder``: ``NAME.old-STAMP``, else ``NAME.old-STAMP-2``, ... A second
+    --replace within the same second must neither fail on nor merge into the first one's."""
+    stamp = _stamp()
+    kept, n = folder.with_name(f"{folder.name}.old-{stamp}"), 2
+    while kept.exists() or kept.is_symlink():
+        kept, n = folder.with_name(f"{folder.name}.old-{stamp}-{n}"), n + 1
+    return kept
 
 
 def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
