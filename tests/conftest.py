@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,15 +27,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep pretrained weights of the tests out of the user's cache."""
     os.environ["SEMISEG_CACHE"] = str(tmp_path_factory.mktemp("semiseg-cache"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def startup_seconds() -> float:
-    """Wall time of a fresh interpreter importing what ``semiseg-study run`` imports before it
-    connects to Ray. A "fails in seconds" check leaves it out: a loaded machine stretches it."""
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import study.cli, study.run, study.store, ray, optuna"],
-                   check=True, timeout=300)
-    return time.monotonic() - started
 
 
 def tiny_overrides(**changes: object) -> dict:
