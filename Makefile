@@ -25,13 +25,18 @@ study: install
 	$(BIN)/semiseg-study run --name main --replace
 	$(BIN)/semiseg-study report main
 
-# The report's browser test drives Debian's headless Chromium, and the --storage test a real
-# PostgreSQL server it starts itself (root, or passwordless sudo, installs both).
+# What the tests of real components need beyond pip: Debian's headless Chromium (the report's
+# browser test), PostgreSQL (the --storage test starts a server itself; as root it runs it under
+# runuser as the postgres user) and util-linux's unshare and runuser (the isolated-node test, as
+# root). Root, or passwordless sudo, installs them. A missing one fails its test under CI=true
+# (.ci/run sets it) and skips it elsewhere; the summary lists each skip with its reason.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v unshare >/dev/null \
+	  && command -v runuser >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver postgresql \
-	  || echo "could not install chromium and postgresql: their tests will be skipped (failed on CI)"; }
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver \
+	    postgresql util-linux \
+	  || echo "could not install chromium, postgresql and util-linux: their tests skip here, and fail under CI=true"; }
 
 # tests/test_docs.py builds the site with `mkdocs build --strict` (a broken link or a page
 # missing from mkdocs.yml fails) and runs the README's blocks marked runnable.

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from study.spec import StudySpec
 from trainer.config import ConfigError, TrainConfig, field_help, parse_assignment
@@ -303,9 +303,9 @@ def _run(args: argparse.Namespace) -> int:
     root = parse(args.dir)
     print(f"study {name!r} in {root / name}" + (" (resuming)" if args.resume else ""))
     try:
-        with _live_report(root / name, args.report_every):
+        with _live_report(root / name, args.report_every, start=False) as start_live_report:
             result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace,
-                               progress=not args.quiet, compact=not args.keep_parts)
+                               progress=not args.quiet, compact=not args.keep_parts, on_ready=start_live_report)
     except KeyboardInterrupt:  # the first Ctrl-C saved the study (study/interrupt.py); a second may cut that short
         if not (root / name / "study.json").is_file():
             raise  # stopped before the study was written: nothing to resume
@@ -368,10 +368,16 @@ def _read_points(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _live_report(folder: "Location", every: float) -> Iterator[None]:
-    """With ``--report-every``, a thread rewrites the study's report while the study runs."""
+def _live_report(folder: "Location", every: float, start: bool = True) -> Iterator[Callable[[], None]]:
+    """With ``--report-every``, a thread rewrites the study's report while the study runs.
+
+    It starts at once, or with ``start=False`` when the callable it yields is called: ``run``
+    calls it once the folder is this study's own, so a refused run (a study of that name exists,
+    ``--replace`` on an object store) writes no report into another study's folder, and a
+    replaced study is moved aside as it was.
+    """
     if every <= 0:
-        yield
+        yield lambda: None
         return
     from study.report import watch
 
@@ -379,14 +385,21 @@ def _live_report(folder: "Location", every: float) -> Iterator[None]:
     thread = threading.Thread(target=watch, args=(folder, folder / "report.html", every),
                               kwargs={"is_running": lambda: not done.is_set(), "say": lambda _: None,
                                       "sleep": done.wait}, daemon=True)
-    thread.start()
+
+    def begin() -> None:
+        if thread.ident is None:
+            thread.start()
+
+    if start:
+        begin()
     try:
-        yield
+        yield begin
     finally:
         done.set()
-        thread.join()
-        if (folder / "report.html").is_file():
-            print(f"report: {folder / 'report.html'}")
+        if thread.ident is not None:
+            thread.join()
+            if (folder / "report.html").is_file():
+                print(f"report: {folder / 'report.html'}")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -76,10 +76,18 @@ def open_storage(storage: str | None, folder: Location, study_id: str, *, resume
     except Exception as err:  # a bad URL, an unreachable database, refused credentials
         shown = storage or str(folder / "optuna.db")
         hint = ""
-        if storage and not password and not os.environ.get(PASSWORD_ENV):
+        if storage and not password and not os.environ.get(PASSWORD_ENV) and _has_user(storage):
             hint = (f"; the password is never stored with the study: give it in {PASSWORD_ENV}, or for PostgreSQL "
                     "in PGPASSWORD or ~/.pgpass")
         raise ConfigError(f"--storage {shown!r}: Optuna cannot open it: {_first_line(err, password)}{hint}") from None
+
+
+def _has_user(url: str) -> bool:
+    """A URL that names a database user (whose password may be what is missing)."""
+    try:
+        return bool(sqlalchemy.engine.make_url(url).username)
+    except Exception:  # noqa: BLE001 - not a database URL
+        return False
 
 
 def _first_line(err: BaseException, password: str | None) -> str:

@@ -17,6 +17,12 @@ What each is for:
 * ``Tuner._local_tuner.get_run_config()``: the callbacks a restored Tuner runs with. They are
   the ones pickled with the experiment (``Tuner.restore`` takes no RunConfig), and the driver
   hands its callback what this run alone knows (Ctrl-C, the progress bar).
+* ``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``: the driver's environment variables
+  Tune copies into every trial's runtime_env. It holds the AWS credentials, and Ray writes each
+  runtime_env, secret key and all, into ``runtime_env_agent.log`` in the session logs of every
+  node (and keeps it in the GCS). ``keep_credentials_out_of_runtime_envs`` takes them out: a
+  study's nodes use their own credentials (environment, files, instance role), which
+  ``study/reach.py`` checks before any trial.
 """
 
 from __future__ import annotations
@@ -74,6 +80,32 @@ def tuner_callbacks(tuner: Any) -> list[Any]:
     return list(local.get_run_config().callbacks or [])
 
 
+# What Tune would copy from the driver into each trial's runtime_env, and so into Ray's logs.
+CREDENTIAL_ENV_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                 "AWS_SECURITY_TOKEN"})
+
+
+def _propagated_env_vars() -> set[str]:
+    from ray.tune.execution import class_cache
+
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if not isinstance(names, (set, frozenset)):
+        import ray
+
+        raise RayInternalsError(
+            f"Ray {ray.__version__}: ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE is missing; this Ray "
+            "release changed a private attribute that semiseg-study relies on (study/ray_internals.py): install "
+            "a Ray release it supports (pip install 'ray[tune]==2.60.0') or update that module")
+    return set(names)
+
+
+def keep_credentials_out_of_runtime_envs() -> None:
+    """Tune copies no credential of the driver into a trial's runtime_env (the module docstring says why)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = _propagated_env_vars() - CREDENTIAL_ENV_VARS
+
+
 def check(obj: Any, kind: str) -> None:
     """Raise RayInternalsError unless ``obj`` (of ``kind``, a key of ``_EXPECTED``) has what we use."""
     for name, expected in _EXPECTED[kind].items():
@@ -103,3 +135,4 @@ def check_release() -> None:
         searcher = OptunaSearch(space=lambda trial: None, metric="score", mode="max")
     check(searcher, "OptunaSearch")
     check(ASHAScheduler(metric="score", mode="max"), "ASHAScheduler")
+    _propagated_env_vars()

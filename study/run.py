@@ -11,6 +11,8 @@ import contextlib
 import logging
 import math
 import socket
+import sys
+import tempfile
 import uuid
 import os
 import time
@@ -69,13 +71,27 @@ def create_folder(folder: "Location | Path", say: Say = print) -> None:
         return  # an object store makes prefixes as objects land (check_folder refused an existing one)
     folder = folder.path
     if folder.exists():
-        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept = _aside(folder)
         folder.rename(kept)
         say(f"moved the previous study {folder.name!r} to {kept}")
     try:
         folder.mkdir(parents=True)
     except OSError as err:
         raise ConfigError(f"cannot create the study folder {folder}: {err.strerror}") from None
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _aside(folder: Path) -> Path:
+    """A free name beside ``folder``: ``NAME.old-STAMP``, else ``NAME.old-STAMP-2``, ... A second
+    --replace within the same second must neither fail on nor merge into the first one's."""
+    stamp = _stamp()
+    kept, n = folder.with_name(f"{folder.name}.old-{stamp}"), 2
+    while kept.exists() or kept.is_symlink():
+        kept, n = folder.with_name(f"{folder.name}.old-{stamp}-{n}"), n + 1
+    return kept
 
 
 def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
@@ -94,10 +110,13 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
 
 
 def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = False, replace: bool = False,
-              say: Say = print, progress: bool = True, compact: bool = True) -> dict[str, Any]:
+              say: Say = print, progress: bool = True, compact: bool = True,
+              on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the study to the end and return the summary of its best trial.
 
     ``compact=False`` leaves the report parts as written (one per stored batch of reports).
+    ``on_ready`` is called once the folder is this study's (made, or the one resumed), before
+    any trial: what writes into the folder beside the study (the live report) starts there.
     """
     # The password of --storage is used, never stored (study/optuna_storage.py).
     storage, password = split_password(spec.storage)
@@ -109,6 +128,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     base_cfg, grace, note = check_space(spec)
     ray_internals.check_release()
     folder = check_folder(spec, root, resume=resume, replace=replace)
+    if spec.storage:
+        check_storage(spec.storage, folder, password)  # a bad URL: one line, before Ray and before the folder
 
     import ray
 
@@ -122,6 +143,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             # A shared --storage may hold an older study of the same name: never continue it by accident.
             spec.study_id = spec.study_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
             write_study_json(folder, spec)
+        if on_ready:
+            on_ready()
         if note and spec.scheduler == "asha":
             say(note)
         _ensure_pretrained(base_cfg)
@@ -147,6 +170,20 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     return summary(store)
 
 
+def check_storage(storage: str, folder: Location, password: str | None) -> None:
+    """Open ``--storage`` once and let it go: ConfigError on a URL Optuna cannot open. SQLite is
+    left to the study (its file may be meant to sit in the study folder, not made yet)."""
+    import sqlalchemy.engine
+
+    try:
+        if sqlalchemy.engine.make_url(storage).get_backend_name() == "sqlite":
+            return
+    except Exception:  # noqa: BLE001 - not a database URL at all: opening it says so, in one line
+        pass
+    opened = open_storage(storage, folder, "", resume=False, password=password)
+    opened.engine.dispose()
+
+
 def connect(address: str | None) -> bool:
     """Start or join Ray; True if this call started it (and so must stop it)."""
     import ray
@@ -163,7 +200,8 @@ def connect(address: str | None) -> bool:
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
         try:
-            ray.init(address=address, **common)
+            with _held_stderr():
+                ray.init(address=address, **common)
         except ConnectionError as err:
             raise ConfigError(_connect_hint(address, err)) from None
         except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a refused token
@@ -195,6 +233,34 @@ def _quiet_token_notice() -> Iterator[None]:
         yield
     finally:
         log.removeFilter(notice)
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 while Ray connects, and pass it on if it connects.
+
+    A cluster that refuses the connection (a missing or wrong token) makes Ray's C++ client log a
+    warning a second, for about 20 s, before ray.init gives up: the refusal is then one line of
+    ours (the held lines go to the debug log), not a screen of retries.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    connected = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            connected = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read()
+            if connected and text:
+                os.write(2, text)
+            elif text:
+                logger.debug("Ray while connecting: %s", text.decode(errors="replace"))
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -290,6 +356,7 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
     from study.search import PersistentASHA, make_sampler, make_searcher
     from study.trial import run_trial
 
+    ray_internals.keep_credentials_out_of_runtime_envs()  # else Ray logs the secret key on every node
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"

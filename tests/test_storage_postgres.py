@@ -1,12 +1,14 @@
 """``--storage postgresql://user:password@host/db`` against a real PostgreSQL server on 127.0.0.1.
 
-The test starts Debian's PostgreSQL (``initdb`` + ``pg_ctl`` as the ``postgres`` user) in a
-temporary folder, runs a tiny study with the password in the URL, checks that no file of the
-study and no output holds the password, and resumes it with the password from PGPASSWORD.
+The test starts Debian's PostgreSQL (``initdb`` + ``pg_ctl``; as root, under ``runuser`` as the
+``postgres`` user, or a system user it creates where there is none) in a temporary folder, runs
+a tiny study with the password in the URL, checks that no file of the study and no output holds
+the password, and resumes it with the password from PGPASSWORD.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -25,9 +27,30 @@ PASSWORD = "pg-secret-9d2f41"
 SET = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(eval_every=3).items() if k != "iterations"]
 
 
-def _as_postgres(*argv: str) -> list[str]:
-    # initdb and the server refuse to run as root: run them as Debian's postgres user.
-    return list(argv) if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *argv]
+SERVER_USERS = ("postgres", "semiseg-pg")  # Debian's, else one this test makes (as root, once)
+
+
+def _server_user() -> str | None:
+    """Who runs initdb and the server: this user, or as root (they refuse root) Debian's postgres
+    user, else a system user this test creates, so the test runs as root on any machine."""
+    if os.geteuid() != 0:
+        return None
+    for name in SERVER_USERS:
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            pass
+    name = SERVER_USERS[-1]
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        pytest.skip(f"running as root without a postgres user, and `useradd {name}` failed: {made.stderr.strip()}")
+    return name
+
+
+def _as(user: str | None, *argv: str) -> list[str]:
+    return list(argv) if user is None else ["runuser", "-u", user, "--", *argv]
 
 
 def _postgres_tool(name: str) -> str | None:
@@ -42,19 +65,17 @@ def _postgres_tool(name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def postgres():
-    initdb, pg_ctl, psql = (_postgres_tool(n) for n in ("initdb", "pg_ctl", "psql"))
-    if not (initdb and pg_ctl and psql):
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing: `make test` installs it with apt-get")
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install -y postgresql)")
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        if os.geteuid() == 0:
-            pytest.skip("running as root without a postgres user to run the server as")
+    tools = {n: _postgres_tool(n) for n in ("initdb", "pg_ctl", "psql")}
+    missing = [n for n, path in tools.items() if not path]
+    if missing:  # a failure under CI (tests/ci_gate.py)
+        pytest.skip(f"PostgreSQL's {', '.join(missing)} not found (Debian: apt-get install postgresql; `make test` "
+                    "does it)")
+    initdb, pg_ctl, psql = tools.values()
+    user = _server_user()
+    _as_postgres = functools.partial(_as, user)
     folder = Path(tempfile.mkdtemp(prefix="semiseg-pg-"))  # not under pytest's root-only tmp folders
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
+    if user:
+        shutil.chown(folder, user)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

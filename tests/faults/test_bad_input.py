@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import startup_seconds, tiny_overrides
+from conftest import tiny_overrides
 from study.cli import main
 
 TINY = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(iterations=4, eval_every=2).items()]
@@ -103,9 +103,14 @@ def test_a_study_folder_that_cannot_be_created_is_named(capsys, tmp_path):
     _fails(["run", "--name", "x", "--dir", str(blocker / "studies"), "--set", *TINY], capsys, "cannot create")
 
 
-def test_a_bad_optuna_storage_url_is_named(capsys, tmp_path):
-    _fails(["run", "--name", "x", "--dir", str(tmp_path), "--storage", "nosuchdb://x", "--address",
-            f"127.0.0.1:{_closed_port()}"], capsys, "127.0.0.1")  # the address is checked first, in seconds
+def test_a_bad_optuna_storage_url_is_named_before_ray_and_before_the_folder(capsys, tmp_path, monkeypatch):
+    # No --address: nothing else is wrong, so the storage is the error reached. It is opened before
+    # Ray starts and before the study folder is made: a bad URL leaves no half-made study.
+    monkeypatch.setattr("study.run.connect", lambda *_: pytest.fail("Ray was started for a study with a bad --storage"))
+    err = _fails(["run", "--name", "x", "--dir", str(tmp_path / "studies"), "--storage", "nosuchdb://x", "--set", *TINY],
+                 capsys, "--storage 'nosuchdb://x': Optuna cannot open it", "nosuchdb")
+    assert "password" not in err  # a URL with no user has no password to ask for
+    assert _nothing_in(tmp_path / "studies")
 
 
 def _closed_port() -> int:
@@ -116,15 +121,19 @@ def _closed_port() -> int:
 
 def test_an_unreachable_ray_address_fails_in_seconds_with_a_hint(tmp_path):
     port = _closed_port()
-    startup = startup_seconds()
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "study", "run", "--name", "x", "--dir", str(tmp_path),
                              "--address", f"127.0.0.1:{port}", "--set", *TINY],
-                            capture_output=True, text=True, timeout=300)
-    assert time.monotonic() - started - startup < 30  # beyond the imports; ray.init would retry for minutes
+                            capture_output=True, text=True, timeout=600)
+    # A generous bound, not a baseline: this takes 3 s here, and ray.init, which the port check spares
+    # us, retries a closed port for more than 400 s (measured without the check). 150 s leaves a
+    # loaded 2-core machine 50 times the usual start-up, and still tells seconds from minutes.
+    assert time.monotonic() - started < 150
     assert result.returncode == 2
-    assert f"127.0.0.1:{port}" in result.stderr and "ray start --head" in result.stderr
-    assert "Traceback" not in result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err  # one line: no traceback, no log of Ray's
+    assert f"127.0.0.1:{port}" in err and "ray start --head" in err, err
+    assert _nothing_in(tmp_path)
 
 
 def test_a_corrupt_or_foreign_parquet_part_is_named_by_status_and_report(small_study, capsys, tmp_path):
@@ -186,10 +195,10 @@ def test_an_unsafe_or_foreign_checkpoint_is_refused(capsys, tmp_path):
 
 def test_a_study_whose_trial_fits_no_node_stops_at_once(ray_local, capsys, tmp_path):
     """The session's Ray has 2 CPUs: a trial of 4 could never start, and Tune would wait forever."""
-    started = time.monotonic()
-    _fails(["run", "--name", "big", "--dir", str(tmp_path), "--cpus-per-trial", "4", "--set", *TINY], capsys,
-           "no node of the Ray cluster can hold one trial", "--cpus-per-trial 4", "(2 CPU, 0 GPU)")
-    assert time.monotonic() - started < 60
+    err = _fails(["run", "--name", "big", "--dir", str(tmp_path), "--cpus-per-trial", "4", "--set", *TINY], capsys,
+                 "no node of the Ray cluster can hold one trial", "--cpus-per-trial 4", "(2 CPU, 0 GPU)")
+    # "At once" by value, not by clock: a local Ray cannot grow, so no autoscaler was waited for.
+    assert "waited" not in err, err
     assert _nothing_in(tmp_path)  # checked before the study folder is made
 
 

@@ -31,8 +31,8 @@ def _can_unshare() -> str | None:
 def test_a_node_without_the_disk_refuses_a_local_dir_and_runs_an_s3_study(tmp_path):
     why = _can_unshare()
     if why:
-        pytest.skip(why)
-    pytest.importorskip("moto.server")
+        pytest.skip(why)  # a failure under CI (tests/ci_gate.py), which runs as root
+    pytest.importorskip("moto.server", reason="moto[server] is missing (pip install -e '.[test]')")
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(HERE.parents[1]))
     done = subprocess.run([sys.executable, str(HERE / "isolated_driver.py"), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -45,7 +45,9 @@ def test_a_node_without_the_disk_refuses_a_local_dir_and_runs_an_s3_study(tmp_pa
     assert len(err.splitlines()) == 1, err
     assert str(tmp_path / "studies") in err and "1 of 2 Ray nodes cannot read and write" in err, err
     assert seen["isolated_node"] in err and "s3://" in err and "NFS" in err, err
-    assert local["seconds"] < 60 and seen["local_left"] == []  # nothing of the study written
+    # Refused by the nodes' answers, not by the probe's 60 s timeout ("the check did not return"),
+    # which would name both nodes: by value, not by clock.
+    assert "did not return" not in err and seen["local_left"] == []  # nothing of the study written
 
     assert seen["s3"]["code"] == 0, seen["s3"]["err"][-3000:]
     assert "3 trials: 3 finished" in seen["s3"]["out"], seen["s3"]["out"]
