@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep pretrained weights of the tests out of the user's cache."""
     os.environ["SEMISEG_CACHE"] = str(tmp_path_factory.mktemp("semiseg-cache"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def sigint_by_default() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT. A shell that starts pytest in the
+    background (``make test &``, a CI step run so) makes SIGINT ignored, and children inherit
+    that: the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_overrides(**changes: object) -> dict:

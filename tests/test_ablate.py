@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ABLATE_ARGS, REPORT_SPACE, REPORT_TINY
+from conftest import ABLATE_ARGS, REPORT_SPACE, REPORT_TINY, sigint_by_default
 from raw_parts import raw_rows, repeated
 
 from study.ablate import ADD_IN, LEAVE_OUT, PAPER, WINNER, make_plan, run_id, summarise, table_text
@@ -178,7 +178,8 @@ def test_an_interrupted_ablate_resumes_without_rerunning_stored_runs(ray_local, 
     parts = root / "tiny" / "ablate"
     address = ray_local.get_runtime_context().gcs_address
     driver = subprocess.Popen([sys.executable, "-m", "study", "ablate", "tiny", "--dir", str(root), *ABLATE_ARGS,
-                               "--address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigint_by_default)
     deadline = time.monotonic() + 240
     while len(list(parts.glob("*.parquet"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

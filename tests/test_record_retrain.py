@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from conftest import sigint_by_default
 from raw_parts import raw_rows, repeated
 from study.retrain import retrain
 from study.spec import read_study_json, write_study_json
@@ -33,7 +34,8 @@ def test_an_interrupted_retrain_run_again_trains_only_the_rest_and_stores_each_r
     parts = folder / "retrain"
     driver = subprocess.Popen([sys.executable, "-m", "study", "retrain", "tiny", "--dir", str(root), "--quiet",
                                *[f"--{k}={v}" for k, v in PLAN.items()]],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=sigint_by_default)
     deadline = time.monotonic() + 240  # bounds the wait only
     while not list(parts.glob("*.parquet")) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
