@@ -38,7 +38,11 @@ def raw_rows(study: "str | Path | Location", table: str = "reports") -> list[dic
     for name, is_file in sorted(folder.list()):
         if is_file and not name.startswith((".", "_")):  # what pyarrow's dataset reader sees
             part = folder / name
-            rows.extend(pq.read_table(part.fs_path, filesystem=part.fs).to_pylist())
+            # One open per part: pq.read_table(path) opens it twice (schema, then data), and a
+            # trials.parquet renamed over in between reads as a torn file. ResultStore's reader
+            # opens each part once.
+            with part.fs.open_input_file(part.fs_path) as handle:
+                rows.extend(pq.read_table(handle).to_pylist())
     return rows
 
 
