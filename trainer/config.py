@@ -77,8 +77,10 @@ class TrainConfig:
     threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
     workers: int = _spec(0, "real datasets: worker processes that decode batches from disk ahead of the "
                          "trainer (0: decode every image once into memory)", low=0, high=256)
-    amp: bool = _spec(False, "run the networks under bf16 autocast (GPU speed; losses stay float32)")
-    channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU)")
+    amp: bool = _spec(False, "run the networks under bf16 autocast (faster on GPUs, and on CPUs with AMX or "
+                      "AVX-512-bf16; losses stay float32)")
+    channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU, "
+                                "and under amp on such CPUs)")
     compile: bool = _spec(False, "torch.compile the student and teacher networks (fused kernels; the first steps "
                           "pay the compilation, cached across a machine's runs)")
 
