@@ -15,7 +15,9 @@ each of them alike::
     python benchmarks/step.py --modes fp32 bf16 bf16+cl --passes 5 --steps 60
     python benchmarks/step.py --set bank_size=2048 contrastive_loss=infonce
 
-A mode is ``fp32`` or ``bf16`` (``amp=true``), optionally ``+cl`` (channels-last).
+A mode is ``fp32`` or ``bf16`` (``amp=true``), optionally ``+cl`` (channels-last) and ``+compile``
+(``compile=true``; its compilation happens in the warm-up steps, which are not timed, and the
+networks' forward passes count in the parts that call them).
 """
 
 from __future__ import annotations
@@ -100,10 +102,11 @@ def instrumented(cfg: TrainConfig, timer: PartTimer) -> Trainer:
     t._labeled_batch = timer.wrap("data", t._labeled_batch)
     t._pseudo_labels = timer.wrap("teacher", t._pseudo_labels)
     t._strong_view = timer.wrap("classmix", t._strong_view)
-    t.student.forward = timer.wrap("student forward", t.student.forward)
+    if not cfg.compile:  # a timer inside a compiled forward would break its graph: there the callers count it
+        t.student.forward = timer.wrap("student forward", t.student.forward)
+        t.teacher.forward = timer.wrap("teacher", t.teacher.forward)
     t.student.project = timer.wrap("student forward", t.student.project)
     t.student.predict = timer.wrap("student forward", t.student.predict)
-    t.teacher.forward = timer.wrap("teacher", t.teacher.forward)
     t.teacher.project = timer.wrap("teacher", t.teacher.project)
     for net in (t.student, t.teacher):
         net.feature_selectors.score_pixels = timer.wrap("selectors", net.feature_selectors.score_pixels)
@@ -175,9 +178,9 @@ def _seconds(fn: Callable[[], Any]) -> float:
 
 def mode_config(cfg: TrainConfig, mode: str) -> TrainConfig:
     precision, *options = mode.split("+")
-    if precision not in ("fp32", "bf16") or any(o != "cl" for o in options):
-        raise SystemExit(f"mode {mode!r}: use fp32 or bf16, optionally +cl (channels-last)")
-    return cfg.replace(amp=precision == "bf16", channels_last="cl" in options)
+    if precision not in ("fp32", "bf16") or not set(options) <= {"cl", "compile"}:
+        raise SystemExit(f"mode {mode!r}: use fp32 or bf16, optionally +cl (channels-last) and +compile")
+    return cfg.replace(amp=precision == "bf16", channels_last="cl" in options, compile="compile" in options)
 
 
 def main(argv: list[str] | None = None) -> int:
