@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import math
-import shlex
 import sys
 import threading
 import time
@@ -313,6 +312,8 @@ def _run(args: argparse.Namespace) -> int:
         from study.store import ResultStore
 
         _print_counts(summary(ResultStore(root / name, name)))
+        from study.run import resume_command
+
         print(f"semiseg-study: interrupted; resume with: {resume_command(name, args.dir)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_counts(result)
@@ -329,12 +330,6 @@ def _run(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}")
     return 0
-
-
-def resume_command(name: str, dir_text: str) -> str:
-    """The command that resumes study ``name`` of ``--dir dir_text``, ready to paste into a shell."""
-    where = "" if dir_text == "studies" else f" --dir {shlex.quote(dir_text)}"
-    return f"semiseg-study run --resume {shlex.quote(name)}{where}"
 
 
 def _print_counts(result: dict[str, Any]) -> None:

@@ -20,15 +20,21 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-# What Tune logs on its graceful stop: "Stop signal received ..." and the Tuner.restore(...)
-# advice for Python users of Tune; the command prints its own resume line instead.
+# What Tune logs on its graceful stop: "Stop signal received ...", the Tuner.restore(...) advice
+# for Python users of Tune, and an error listing the trials it cut; the command prints its own
+# resume line instead. (Without a Ctrl-C, "Trials did not complete" is left alone.)
 _TUNE_LOGGER = "ray.tune.tune"
-_TUNE_STOP_MESSAGES = ("Stop signal received", "Experiment has been interrupted", "Training has been interrupted")
+_TUNE_STOP_MESSAGES = ("Stop signal received", "Experiment has been interrupted", "Training has been interrupted",
+                       "Trials did not complete")
 
 
 class _HideTuneStopAdvice(logging.Filter):
+    def __init__(self, ctrl_c: "CtrlC") -> None:
+        super().__init__()
+        self.ctrl_c = ctrl_c
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TUNE_STOP_MESSAGES)
+        return not (self.ctrl_c.pressed and str(record.msg).startswith(_TUNE_STOP_MESSAGES))
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -48,7 +54,7 @@ class CtrlC:
         self._previous: object = None
         self._previous_usr1: object = None
         self._tune_flag: str | None = None
-        self._filter = _HideTuneStopAdvice()
+        self._filter = _HideTuneStopAdvice(self)
 
     def __enter__(self) -> "CtrlC":
         if threading.current_thread() is threading.main_thread():

@@ -42,6 +42,15 @@ class RayInternalsError(RuntimeError):
     """This Ray release lacks a private attribute the study relies on."""
 
 
+def _changed(what: str) -> RayInternalsError:
+    import ray
+
+    return RayInternalsError(
+        f"Ray {ray.__version__}: {what}; this Ray release changed a private attribute that semiseg-study relies "
+        "on (study/ray_internals.py): install a Ray release it supports (pip install 'ray[tune]==2.60.0') or "
+        "update that module")
+
+
 def optuna_trials(searcher: Any) -> dict[str, optuna.Trial]:
     return searcher._ot_trials
 
@@ -67,16 +76,14 @@ def asha_trial_info(scheduler: Any) -> dict[str, Any]:
     return scheduler._trial_info
 
 
-def tuner_callbacks(tuner: Any) -> list[Any]:
-    """The callbacks ``tuner`` (new or restored) will run with."""
+def tuner_callbacks(tuner: Any) -> list[Any] | None:
+    """The callbacks ``tuner`` (new or restored) will run with in this process; None under Ray
+    Client (``--address ray://``), where the Tuner and its callbacks run on the cluster."""
+    if getattr(tuner, "_is_ray_client", False):
+        return None
     local = getattr(tuner, "_local_tuner", None)
     if local is None or not callable(getattr(local, "get_run_config", None)):
-        import ray
-
-        raise RayInternalsError(
-            f"Ray {ray.__version__}: Tuner._local_tuner.get_run_config is missing; this Ray release changed a "
-            "private attribute that semiseg-study relies on (study/ray_internals.py): install a Ray release it "
-            "supports (pip install 'ray[tune]==2.60.0') or update that module")
+        raise _changed("Tuner._local_tuner.get_run_config is missing")
     return list(local.get_run_config().callbacks or [])
 
 
@@ -90,12 +97,7 @@ def _propagated_env_vars() -> set[str]:
 
     names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
     if not isinstance(names, (set, frozenset)):
-        import ray
-
-        raise RayInternalsError(
-            f"Ray {ray.__version__}: ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE is missing; this Ray "
-            "release changed a private attribute that semiseg-study relies on (study/ray_internals.py): install "
-            "a Ray release it supports (pip install 'ray[tune]==2.60.0') or update that module")
+        raise _changed("ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE is missing")
     return set(names)
 
 
@@ -111,13 +113,8 @@ def check(obj: Any, kind: str) -> None:
     for name, expected in _EXPECTED[kind].items():
         value = getattr(obj, name, None)
         if not isinstance(value, expected):
-            import ray
-
             found = "missing" if value is None else f"a {type(value).__name__}"
-            raise RayInternalsError(
-                f"Ray {ray.__version__}: {kind}.{name} is {found}, expected a {expected.__name__}; this Ray "
-                "release changed a private attribute that semiseg-study relies on (study/ray_internals.py): "
-                "install a Ray release it supports (pip install 'ray[tune]==2.60.0') or update that module")
+            raise _changed(f"{kind}.{name} is {found}, expected a {expected.__name__}")
     if kind == "ASHAScheduler":
         for bracket in asha_brackets(obj):
             check(bracket, "ASHA bracket")

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import uuid
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,6 +31,7 @@ from study.spec import StudySpec, grace_after_ramp_up, read_study_json, write_st
 logger = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+DEFAULT_DIR = "studies"  # --dir when none is given: the studies folder of the current directory
 
 
 def study_folder(root: "str | Path | Location", name: str) -> Location:
@@ -46,9 +48,8 @@ def check_folder(spec: StudySpec, root: "str | Path | Location", *, resume: bool
     if resume and not folder.is_dir():
         raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
     if not resume and folder.exists() and not replace:
-        where = "" if root.local else f" --dir '{root}'"
         raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
-                          f"`semiseg-study run --resume {spec.name}{where}`, or choose another --name")
+                          f"`{resume_command(spec.name, root)}`, or choose another --name")
     if not resume and not folder.local and folder.exists():
         raise ConfigError(f"study {spec.name!r} already exists in {root}, and an object store has no rename to "
                           "move it aside with --replace: choose another --name, or delete or copy it yourself")
@@ -62,6 +63,12 @@ def check_folder(spec: StudySpec, root: "str | Path | Location", *, resume: bool
             raise ConfigError(f"cannot create the study folder {folder}: {ancestor} {why}")
         return Location(str(folder))
     return folder
+
+
+def resume_command(name: str, root: "str | Location") -> str:
+    """The command that resumes study ``name`` of ``--dir`` ``root``, ready to paste into a shell."""
+    where = "" if str(root) == DEFAULT_DIR else f" --dir {shlex.quote(str(root))}"
+    return f"semiseg-study run --resume {shlex.quote(name)}{where}"
 
 
 def create_folder(folder: "Location | Path", say: Say = print) -> None:
@@ -150,12 +157,14 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
         _ensure_pretrained(base_cfg)
         tuner = _tuner(spec, folder, grace, resume, progress, password)
         callback = _store_callback(tuner)
-        callback.ctrl_c, callback.show_progress = ctrl_c, progress  # a restored Tuner's is the pickled one
+        if callback is not None:  # a restored Tuner's is the pickled one
+            callback.ctrl_c, callback.show_progress = ctrl_c, progress
         try:
             with ctrl_c:
                 tuner.fit()
         except KeyboardInterrupt:  # the second Ctrl-C: Tune's last snapshot is what resumes
-            callback.mark_unfinished(None)
+            if callback is not None:
+                callback.mark_unfinished(None)
             ctrl_c.pressed = True
     finally:
         if owns_ray:
@@ -407,9 +416,12 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
 
 
 def _store_callback(tuner: Any) -> Any:
+    """The StoreCallback the Tuner runs here; None under Ray Client, where it runs on the cluster
+    (and Ctrl-C reaches the driver as a plain interrupt)."""
     from study.callbacks import StoreCallback
 
-    return next(c for c in ray_internals.tuner_callbacks(tuner) if isinstance(c, StoreCallback))
+    callbacks = ray_internals.tuner_callbacks(tuner)
+    return None if callbacks is None else next(c for c in callbacks if isinstance(c, StoreCallback))
 
 
 def summary(store: "Any") -> dict[str, Any]:

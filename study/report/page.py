@@ -110,6 +110,7 @@ def watch(folder: "Location | Path", out: "Location | Path", every: float, compa
           sleep: Callable[[float], object] = time.sleep) -> None:
     """Rewrite the report every ``every`` seconds while ``is_running()``, then once more."""
     from study.ranking import NoFinishedTrialError
+    from study.store import StoreError
 
     while True:
         running = is_running()
@@ -118,6 +119,11 @@ def watch(folder: "Location | Path", out: "Location | Path", every: float, compa
                 write_report(folder, out, compare_with, refresh=every, running=running)
             except NoFinishedTrialError:
                 pass  # no trial has reported yet: the next round will show it
+            except StoreError:
+                # While the study runs, its end-of-run compaction can delete a part this round
+                # had listed; the next round reads the merged part. After the end it is real.
+                if not running:
+                    raise
         if not running:
             say(f"report: {out}")
             return

@@ -16,7 +16,8 @@ import optuna
 
 from conftest import LR_BANK_SPACE as SPACE, set_args, study_fixed
 from raw_parts import raw_rows, repeated
-from study.cli import main, resume_command, status_table
+from study.cli import main, status_table
+from study.run import resume_command
 from study.spec import read_study_json
 
 FIXED = study_fixed(eval_model="student")
@@ -51,7 +52,8 @@ def test_ctrl_c_saves_the_study_exits_130_and_resume_finishes_each_report_once(t
     assert driver.returncode == 130, err[-3000:]
     ours = [line for line in err.splitlines() if line.startswith("semiseg-study")]
     assert ours == [f"semiseg-study: interrupted; resume with: semiseg-study run --resume cc --dir '{root}'"]
-    for noise in ("Tuner.restore", "Traceback", "Token authentication", "Stop signal received"):
+    for noise in ("Tuner.restore", "Traceback", "Token authentication", "Stop signal received",
+                  "Trials did not complete"):
         assert noise not in out + err, noise
 
     trials = {t["trial_id"]: t for t in raw_rows(root / "cc", "trials")}
@@ -89,6 +91,10 @@ def test_ctrl_c_saves_the_study_exits_130_and_resume_finishes_each_report_once(t
 
 
 def test_the_resume_line_names_a_dir_only_when_it_is_not_the_default_and_quotes_it():
-    assert resume_command("main", "studies") == "semiseg-study run --resume main"
+    from study.location import parse
+
+    assert resume_command("main", "studies") == resume_command("main", parse("studies")) == \
+        "semiseg-study run --resume main"
+    assert resume_command("main", parse("/data/my studies")) == "semiseg-study run --resume main --dir '/data/my studies'"
     assert (resume_command("main", "s3://b/p?endpoint_override=127.0.0.1:9000&scheme=http")
             == "semiseg-study run --resume main --dir 's3://b/p?endpoint_override=127.0.0.1:9000&scheme=http'")
