@@ -51,9 +51,30 @@ class StoreCallback(Callback):
     def store(self) -> ResultStore:
         if self._store is None:
             self._store = ResultStore(self.folder, self.study)
-            for row in self._store.trials().to_pylist():  # a resumed driver continues the table
+            rows = self._store.trials().to_pylist()
+            for row in rows:  # a resumed driver continues the table
                 self._trials.setdefault(row["trial_id"], row)
+            if rows:
+                self._catch_up_with_reports()
         return self._store
+
+    def _catch_up_with_reports(self) -> None:
+        """A driver killed between storing a report and rewriting the trials table leaves the row
+        behind its reports, and a resumed trial that ASHA stops at its first replayed result never
+        reports that far again: the row takes its progress from the stored reports."""
+        reports = self._store.reports().select(["trial_id", "iteration", METRIC]).to_pylist()
+        reached: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            seen = reached.setdefault(report["trial_id"], {"iteration": -1, "best": float("-inf")})
+            if report["iteration"] > seen["iteration"]:
+                seen.update(iteration=report["iteration"], last=report[METRIC])
+            if report[METRIC] is not None:
+                seen["best"] = max(seen["best"], report[METRIC])
+        for trial_id, seen in reached.items():
+            row = self._trials.get(trial_id)
+            if row is not None and seen["iteration"] > (row.get("iterations") or 0):
+                row.update(iterations=seen["iteration"], last_val_miou=seen["last"],
+                           best_val_miou=max(seen["best"], row.get("best_val_miou") or float("-inf")))
 
     # --- Tune's hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -331,3 +331,21 @@ def test_a_part_of_schema_version_2_reads_with_its_newer_columns_as_null(tmp_pat
     assert rows["new"]["val_miou"] == 0.5 and rows["new"]["test_miou"] is None and rows["new"]["device_type"] is None
     assert (rows["v3"]["test_miou"], rows["v3"]["devices"], rows["v3"]["device_type"]) == (0.25, 1.0, "cpu")
     assert store.compact() == 2 and ResultStore(tmp_path, "s").reports().num_rows == 2
+
+
+def test_a_resumed_driver_takes_a_trials_progress_from_reports_stored_after_its_row(tmp_path):
+    """Killed between storing a report and rewriting trials.parquet: the row says 6, the reports
+    reach 9. A resumed trial that ASHA stops at its first replayed result (6) never reports 9
+    again, so the resumed driver's row must take its progress from the reports."""
+    from study.callbacks import StoreCallback
+    from study.spec import StudySpec
+
+    store = ResultStore(tmp_path, "s")
+    store.append_reports([_row("t", 3, miou=0.4), _row("t", 6, miou=0.6), _row("t", 9, miou=0.5)])
+    store.write_trials([{"trial_id": "t", "status": "running", "iterations": 6, "best_val_miou": 0.6,
+                         "last_val_miou": 0.6}])
+    callback = StoreCallback(tmp_path, StudySpec(name="s"), show_progress=False)
+    row = {r["trial_id"]: r for r in [*callback.store.trials().to_pylist()]}["t"]
+    assert row["iterations"] == 6  # the file as the killed driver left it
+    caught_up = callback._trials["t"]
+    assert (caught_up["iterations"], caught_up["last_val_miou"], caught_up["best_val_miou"]) == (9, 0.5, 0.6)
