@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
     root = parse(args.dir)
     print(f"study {name!r} in {root / name}" + (" (resuming)" if args.resume else ""))
     try:
-        with _live_report(root / name, args.report_every, start=False) as start_live_report:
+        with _live_report(root / name, args.report_every) as start_live_report:
             result = run_study(spec, args.dir, resume=bool(args.resume), replace=args.replace,
                                progress=not args.quiet, compact=not args.keep_parts, on_ready=start_live_report)
     except KeyboardInterrupt:  # the first Ctrl-C saved the study (study/interrupt.py); a second may cut that short
@@ -363,13 +363,12 @@ def _read_points(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _live_report(folder: "Location", every: float, start: bool = True) -> Iterator[Callable[[], None]]:
+def _live_report(folder: "Location", every: float) -> Iterator[Callable[[], None]]:
     """With ``--report-every``, a thread rewrites the study's report while the study runs.
 
-    It starts at once, or with ``start=False`` when the callable it yields is called: ``run``
-    calls it once the folder is this study's own, so a refused run (a study of that name exists,
-    ``--replace`` on an object store) writes no report into another study's folder, and a
-    replaced study is moved aside as it was.
+    It starts when the callable it yields is called: ``run`` calls it once the folder is this
+    study's own, so a refused run (a study of that name exists, ``--replace`` on an object store)
+    writes no report into another study's folder, and a replaced study is moved aside as it was.
     """
     if every <= 0:
         yield lambda: None
@@ -385,8 +384,6 @@ def _live_report(folder: "Location", every: float, start: bool = True) -> Iterat
         if thread.ident is None:
             thread.start()
 
-    if start:
-        begin()
     try:
         yield begin
     finally:

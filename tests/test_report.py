@@ -218,7 +218,8 @@ def test_run_report_every_rewrites_the_page_during_the_run_and_once_after(study,
 
     folder = tmp_path / "live"
     shutil.copytree(study, folder)
-    with _live_report(folder, 0.2):
+    with _live_report(folder, 0.2) as begin:
+        begin()  # as run_study's on_ready does, once the folder is the study's own
         deadline = time.time() + 30
         while not (folder / "report.html").exists() and time.time() < deadline:
             time.sleep(0.05)
