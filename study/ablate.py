@@ -47,7 +47,7 @@ from trainer.config import ConfigError, TrainConfig
 WINNER, PAPER = "winner", "paper point"
 REFERENCE, LEAVE_OUT, ADD_IN = "reference", "leave out", "add in"
 MEASURED = ("test_miou", "val_miou", "test_iou", "train_seconds", "seconds_per_iteration", "images_per_second",
-            "devices", "device_type", "node", "diverged", "test_confusion", "val_preview")  # what a run's result brings
+            "devices", "device_type", "precision", "channels_last", "node", "diverged", "test_confusion", "val_preview")  # what a run's result brings
 
 
 @dataclass(frozen=True)

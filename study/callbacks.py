@@ -97,8 +97,8 @@ class StoreCallback(Callback):
         latest = int(result["iteration"]) >= (row.get("iterations") or 0)
         if latest:
             row.update(iterations=int(result["iteration"]), wall_seconds=time_total_s,
-                       train_seconds=result.get("train_seconds"), devices=result.get("devices"),
-                       device_type=result.get("device_type"))
+                       **{k: result.get(k) for k in ("train_seconds", "devices", "device_type", "precision",
+                                                     "channels_last")})
         if result.get("diverged"):
             row.update(status=ERRORED, stop_reason=f"diverged: {result['diverged']}", error=result["diverged"])
         else:

@@ -460,7 +460,7 @@ def _train(args: argparse.Namespace) -> int:
 
     result = fit(cfg, resume_from=args.resume, out=out, progress=True, final_test=True)
     print(f"final ({cfg.eval_model}): val mIoU {100 * result.val_miou:.1f}  test mIoU {100 * result.test_miou:.1f}  "
-          f"in {result.train_seconds:.0f} s of training; written to {out}")
+          f"in {result.train_seconds:.0f} s of training, {result.fast_path.describe()}; written to {out}")
     return 0
 
 

@@ -34,9 +34,10 @@ from trainer.evaluation import LOSS_PARTS, Evaluation
 
 # 2: the trials table gained params and distributions. 3: reports gained test_miou and the compute
 # columns (devices, device_type), trials gained train_seconds, devices and device_type. 4: retrain
-# and ablate rows gained test_confusion and val_preview.
-SCHEMA_VERSION = 4
-READS = (2, 3, 4)  # versions this code reads: an older part's missing columns read as null
+# and ablate rows gained test_confusion and val_preview. 5: every table gained precision and
+# channels_last (what amp='auto' and channels_last='auto' became on the run's device).
+SCHEMA_VERSION = 5
+READS = (2, 3, 4, 5)  # versions this code reads: an older part's missing columns read as null
 VERSION_KEY = b"semiseg_schema_version"
 TABLE_KEY = b"semiseg_table"  # which table a file holds, so that a misplaced file is caught
 CONFIG_PREFIX = "config."
@@ -106,6 +107,13 @@ def _type_name(arrow_type: pa.DataType) -> str:
 _LOSS_MEANINGS = {"supervised": "mean of the loss part since the previous evaluation",
                   "total": "the weighted sum the optimiser saw"}
 
+# What the config's amp and channels_last ('auto' included) became on the run's device.
+FAST_PATH = (
+    Column("precision", pa.string(), "'bf16' (autocast of the networks) or 'fp32'", since=5),
+    Column("channels_last", pa.bool_(), "the networks ran in channels-last memory format", since=5),
+)
+_FAST_PATH_AS_IN_REPORTS = tuple(Column(c.name, c.type, "as in reports", since=5) for c in FAST_PATH)
+
 # The measured columns of a report: what a trial sends with each evaluation.
 MEASURED = (
     Column("val_miou", pa.float64(), "mean IoU on the val split, 0 to 1"),
@@ -121,6 +129,7 @@ MEASURED = (
     Column("devices", pa.float64(), "CPUs, or GPUs when it trains on a GPU (fractions: shared), of the trial",
            since=3),
     Column("device_type", pa.string(), "'cpu', or 'cuda:<GPU name>'", since=3),
+    *FAST_PATH,
 )
 
 # Every row says which schema wrote it and which study it belongs to.
@@ -158,6 +167,7 @@ TRIALS = Table("trials", ("trial_id",), (
            since=3),
     Column("devices", pa.float64(), "as in reports", since=3),
     Column("device_type", pa.string(), "as in reports", since=3),
+    *_FAST_PATH_AS_IN_REPORTS,
 ))
 
 # What a retrain or ablate run keeps besides its scores: what the report draws (study/previews.py).
@@ -183,6 +193,7 @@ RETRAIN = Table("retrain", ("candidate", "seed", "iterations"), (
     Column("val_miou", pa.float64(), "mean IoU on the val split, 0 to 1"),
     Column("test_iou", pa.list_(pa.float64()), "IoU per class on the test split"),
     Column("train_seconds", pa.float64(), "training time, evaluations excluded"),
+    *_FAST_PATH_AS_IN_REPORTS,
     Column("node", pa.string(), "Ray node of the run"),
     Column("timestamp", _TIMESTAMP, "when the driver stored it"),
     *PICTURES,
@@ -212,6 +223,7 @@ ABLATE = Table("ablate", ("run_id", "variant"), (
     Column("images_per_second", pa.float64(), "images trained on (labeled + unlabeled) per training second"),
     Column("devices", pa.float64(), "as in reports"),
     Column("device_type", pa.string(), "as in reports"),
+    *_FAST_PATH_AS_IN_REPORTS,
     Column("node", pa.string(), "Ray node of the run"),
     Column("diverged", pa.string(), "why the run stopped (loss NaN or inf at iteration K), with NaN scores; "
                                     "null for a run that trained to the end"),
@@ -297,8 +309,9 @@ def infer_type(column: str, values: Iterable[Any]) -> pa.DataType:
         kinds.add(kind)
     if not kinds:
         return pa.null()  # null unifies with whatever type another part has
+    # {bool, str}: a switch (true, false or 'auto'), stored as the strings 'true', 'false', 'auto'.
     for allowed, arrow_type in (({bool}, pa.bool_()), ({int}, pa.int64()), ({int, float}, pa.float64()),
-                                ({str}, pa.string())):
+                                ({str}, pa.string()), ({bool, str}, pa.string())):
         if kinds <= allowed:
             return arrow_type
     names = ", ".join(sorted(k.__name__ for k in kinds))
@@ -349,6 +362,8 @@ def _typed(value: Any, arrow_type: pa.DataType) -> Any:
         return None
     if pa.types.is_floating(arrow_type):
         return float(value)
+    if pa.types.is_string(arrow_type) and isinstance(value, bool):
+        return json.dumps(value)
     if pa.types.is_list(arrow_type) and pa.types.is_floating(arrow_type.value_type):
         return [None if v is None else float(plain(v)) for v in value]
     return value

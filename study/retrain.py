@@ -29,8 +29,8 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.presets import SUPERVISED_ONLY
 
 PAPER, SUPERVISED = "paper point", "supervised only"
-RETRAIN_MEASURED = ("test_miou", "test_iou", "val_miou", "train_seconds", "node", "test_confusion",
-                    "val_preview")  # of a run's result
+RETRAIN_MEASURED = ("test_miou", "test_iou", "val_miou", "train_seconds", "precision", "channels_last", "node",
+                    "test_confusion", "val_preview")  # of a run's result
 
 
 @dataclass(frozen=True)

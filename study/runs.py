@@ -68,7 +68,7 @@ def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
     return {**scores, "train_seconds": seen["seconds"] if timed else None,
             "seconds_per_iteration": seen["seconds"] / seen["iteration"] if timed else None,
             "images_per_second": seen["images"] / seen["seconds"] if timed else None,
-            "devices": where.get("devices"), "device_type": where.get("device_type"), "node": where.get("node")}
+            **{k: where.get(k) for k in ("devices", "device_type", "precision", "channels_last", "node")}}
 
 
 def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],

@@ -32,7 +32,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from study.location import Location, as_location
-from study.records import ABLATE, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table, plain, to_table
+from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table,
+                           plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
 
@@ -93,10 +94,29 @@ def _checked_schema(path: Location, table: Table) -> pa.Schema:
     return schema
 
 
+def unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for parts written at different times.
+
+    permissive: a config column that is int64 in one part and float64 in another reads as float64.
+    A config column that is bool in one part and string in another (a bool field that became a
+    switch, whose 'auto' is a string) reads as string, the bools as 'true' and 'false'. Any other
+    conflict stays an error: a number next to a string is a bug, not a switch.
+    """
+    types: dict[str, set[pa.DataType]] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name.startswith(CONFIG_PREFIX) and f.type != pa.null():
+                types.setdefault(f.name, set()).add(f.type)
+    textual = {name for name, kinds in types.items() if kinds == {pa.bool_(), pa.string()}}
+    if textual:
+        schemas = [pa.schema([f.with_type(pa.string()) if f.name in textual else f for f in schema],
+                             metadata=schema.metadata) for schema in schemas]
+    return pa.unify_schemas(schemas, promote_options="permissive")
+
+
 def _unified(schemas: list[pa.Schema], table: Table, folder: Location) -> pa.Schema:
     try:
-        # permissive: a config column that is int64 in one part and float64 in another reads as float64.
-        return table.with_metadata(pa.unify_schemas([table.fields, *schemas], promote_options="permissive"))
+        return table.with_metadata(unify([table.fields, *schemas]))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise StoreError(f"the parts of {folder} disagree on a column's type ({err}); find the odd part with "
                          f"`pyarrow.parquet.read_schema` and move it out of {folder}") from None
@@ -196,7 +216,7 @@ class ResultStore:
         part = to_table(list(fresh.values()), REPORTS, self.study)
         try:
             # Refuse now rather than write a part that makes the whole folder unreadable.
-            unified = pa.unify_schemas([self._schema, part.schema], promote_options="permissive")
+            unified = unify([self._schema, part.schema])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"these reports do not fit the stored ones: {err}") from None
         write_part(part, self.reports_dir / _part_name())

@@ -30,7 +30,7 @@ def report_metrics(evaluation: Evaluation, trainer: Trainer) -> dict[str, Any]:
 
 def placement(trainer: Trainer) -> dict[str, Any]:
     """Where the trial runs and on what: the Ray node (IP and id, as several nodes may share an IP),
-    its GPUs, and the compute it holds (GPUs when it trains on one, else CPUs)."""
+    its GPUs, the compute it holds (GPUs when it trains on one, else CPUs), and the fast path it took."""
     import ray
     import torch
 
@@ -40,7 +40,8 @@ def placement(trainer: Trainer) -> dict[str, Any]:
     return {"node": f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}",
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
             "devices": float(assigned.get("GPU" if on_gpu else "CPU", 0.0)),
-            "device_type": f"cuda:{torch.cuda.get_device_name(trainer.device)}" if on_gpu else "cpu"}
+            "device_type": f"cuda:{torch.cuda.get_device_name(trainer.device)}" if on_gpu else "cpu",
+            "precision": trainer.fast_path.precision, "channels_last": trainer.fast_path.channels_last}
 
 
 def run_trial(config: dict[str, Any], spec: StudySpec) -> None:

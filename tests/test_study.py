@@ -9,12 +9,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from raw_parts import raw_rows, repeated
 from study.run import run_study
 from study.spec import StudySpec, read_study_json
 from study.store import ResultStore
+from trainer.fast_path import choose_fast_path
 
 TINY = tiny_overrides(iterations=12, eval_every=3, ramp_up=2, bank_lead=1, eval_model="student")
 TINY.pop("iterations")
@@ -133,6 +135,10 @@ def test_every_row_carries_its_compute(asha_study):
     for t in trials:
         last = max((r for r in reports if r["trial_id"] == t["trial_id"]), key=lambda r: r["iteration"])
         assert t["train_seconds"] == last["train_seconds"] > 0 and t["device_type"] == "cpu"
+    # amp and channels_last are 'auto' in the study: what they became on this CPU is in every row.
+    took = choose_fast_path("auto", "auto", torch.device("cpu"))
+    assert {(r["config.amp"], r["config.channels_last"]) for r in reports} == {("auto", "auto")}
+    assert {(r["precision"], r["channels_last"]) for r in reports + trials} == {(took.precision, took.channels_last)}
 
 
 def test_points_are_evaluated_first_after_the_paper_point(ray_local, tmp_path, space_file):

@@ -77,10 +77,12 @@ class TrainConfig:
     threads: int = _spec(0, "torch CPU threads; 0 leaves torch's default", low=0, high=1024)
     workers: int = _spec(0, "real datasets: worker processes that decode batches from disk ahead of the "
                          "trainer (0: decode every image once into memory)", low=0, high=256)
-    amp: bool = _spec(False, "run the networks under bf16 autocast (faster on GPUs, and on CPUs with AMX or "
-                      "AVX-512-bf16; losses stay float32)")
-    channels_last: bool = _spec(False, "channels-last memory format for the networks (faster convolutions on GPU, "
-                                "and under amp on such CPUs)")
+    # Switches of the fast path (True, False or "auto": decided on the run's device, trainer/fast_path.py).
+    amp: bool | str = _spec("auto", "bf16 autocast of the networks (losses stay float32); 'auto': on where the "
+                            "device computes bf16 natively (GPUs with bf16 tensor cores, CPUs with AMX or "
+                            "AVX-512-bf16), recorded as the run's precision")
+    channels_last: bool | str = _spec("auto", "channels-last memory format for the networks; 'auto': on together "
+                                      "with bf16 (where it pays), recorded as the run's channels_last")
     compile: bool = _spec(False, "torch.compile the student and teacher networks (fused kernels; the first steps "
                           "pay the compilation, cached across a machine's runs)")
 
@@ -322,6 +324,7 @@ def _unknown_key_message(key: str) -> str:
 
 
 _TYPES = {f.name: f.type for f in fields(TrainConfig)}
+SWITCH = "bool | str"  # the annotation of a switch: True, False or "auto"
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -329,7 +332,7 @@ def _coerce(key: str, value: Any) -> Any:
     kind = _TYPES[key]
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+    if kind in ("bool", SWITCH) and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     if kind == "list" and isinstance(value, tuple):
         return list(value)
@@ -338,6 +341,10 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     kind, meta = f.type, f.metadata
+    if kind == SWITCH:
+        if not isinstance(value, bool) and value != "auto":
+            raise ConfigError(f"{f.name} = {value!r}: expected true, false or 'auto' ({meta['help']})")
+        return
     python_type = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[kind]
     if not isinstance(value, python_type) or (kind in ("int", "float") and isinstance(value, bool)):
         raise ConfigError(f"{f.name} = {value!r} has type {type(value).__name__}, expected {kind} "

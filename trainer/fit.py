@@ -38,6 +38,7 @@ from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
 from trainer.evaluation import LOSS_PARTS, Evaluation
+from trainer.fast_path import FastPath, choose_fast_path
 from trainer.memory_bank import ClassMemoryBank, bank_candidates, per_image_quota
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
@@ -78,7 +79,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data = data if data is not None else build_data(cfg)
         self.num_classes = self.data.num_classes
-        self.student: SegmentationNet = build_model(cfg, self.num_classes)
+        self.fast_path = choose_fast_path(cfg.amp, cfg.channels_last, self.device)
+        self.student: SegmentationNet = build_model(cfg, self.num_classes, self.fast_path)
         if cfg.dataset == "digits" and cfg.pretrained == "auto" and cfg.network == "small":
             from trainer.pretrain import pretrained_backbone
             report = (lambda done, total: progress("pretrain", done, total)) if progress else None
@@ -546,6 +548,7 @@ class FitResult:
     """How a run ended: its last val evaluation and, with ``final_test``, its test scores."""
 
     last: Evaluation
+    fast_path: FastPath
     test_miou: float | None = None
     test_iou: list[float] | None = None
     test_confusion: list[list[int]] | None = None  # the test scores follow from it (rows true, columns predicted)
@@ -567,7 +570,8 @@ class FitResult:
     def final_record(self) -> dict[str, Any]:
         """The last line of a run folder's metrics.jsonl."""
         return {"final": True, "iteration": self.iteration, "val_miou": self.val_miou, "test_miou": self.test_miou,
-                "test_iou": self.test_iou, "train_seconds": self.train_seconds}
+                "test_iou": self.test_iou, "train_seconds": self.train_seconds,
+                "precision": self.fast_path.precision, "channels_last": self.fast_path.channels_last}
 
 
 def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
@@ -617,7 +621,8 @@ def fit(cfg: TrainConfig, data: SegmentationData | None = None, *,
         trainer.close()
         if bars is not None:
             bars.close()
-    result = FitResult(last if last is not None else trainer.evaluation("val"))  # None: resumed at the very end
+    result = FitResult(last if last is not None else trainer.evaluation("val"),  # None: resumed at the very end
+                       trainer.fast_path)
     if final_test:
         confusion = trainer.confusion("test")
         result.test_miou, result.test_iou = mean_iou(confusion), iou_per_class(confusion).tolist()

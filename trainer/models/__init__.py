@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from trainer.config import ConfigError, TrainConfig
+from trainer.fast_path import FastPath, choose_fast_path
 from trainer.models.backbones import SmallBackbone, resnet50, resnet101
 from trainer.models.heads import ASPPSum, DeepLabV3PlusHead, mlp_head
 from trainer.models.selectors import ClassSelectors
@@ -63,8 +64,10 @@ class SegmentationNet(nn.Module):
         return self.prediction_head(projected)
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> SegmentationNet:
-    """The network ``cfg.network`` with ``cfg.pretrained`` weights loaded into its backbone."""
+def build_model(cfg: TrainConfig, num_classes: int, fast_path: FastPath | None = None) -> SegmentationNet:
+    """The network ``cfg.network`` with ``cfg.pretrained`` weights loaded into its backbone, on
+    ``fast_path`` (default: the config's switches resolved for the CPU)."""
+    fast_path = fast_path or choose_fast_path(cfg.amp, cfg.channels_last, torch.device("cpu"))
     if cfg.network == "small":
         backbone: nn.Module = SmallBackbone()
         head: nn.Module = ASPPSum(backbone.out_channels, num_classes, cfg.aspp_dilations, cfg.official_aspp)
@@ -76,10 +79,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SegmentationNet:
         head = DeepLabV3PlusHead(backbone.out_channels, backbone.low_channels, num_classes, cfg.aspp_dilations)
     else:  # validate() already refuses this; kept for callers that skip it
         raise ConfigError(f"network = {cfg.network!r} is unknown")
-    model = SegmentationNet(backbone, head, num_classes, cfg.proj_dim, cfg.amp, cfg.channels_last)
+    model = SegmentationNet(backbone, head, num_classes, cfg.proj_dim, fast_path.bf16, fast_path.channels_last)
     if cfg.pretrained not in ("auto", "none"):
         load_backbone(model.backbone, Path(cfg.pretrained))
-    if cfg.channels_last:
+    if fast_path.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
