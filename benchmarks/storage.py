@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -76,8 +78,9 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # its request lines
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=log)
     endpoint = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while socket.socket().connect_ex(("127.0.0.1", port)) != 0 and time.monotonic() < deadline:
@@ -88,9 +91,12 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
-        rows = []
+        rows, requests = [], Counter()
         for label, root in roots.items():
+            seen = Path(log.name).stat().st_size
             wall = study_seconds(root, "bench", args.trials)
+            if root.startswith("s3://"):
+                requests = request_kinds(Path(log.name).read_bytes()[seen:].decode(errors="replace"))
             written, read = store_rates(root, args.parts)
             rows.append((label, wall, written, read))
     finally:
@@ -103,6 +109,39 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for label, wall, written, read in rows:
         print(f"| {label} | {wall:.1f} | {100 * (wall - base) / base:+.1f}% | {written:.0f} | {read:.1f} |")
+    print(f"\nThe S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
+    print("| request | object | count |")
+    print("|---|---|---:|")
+    for (method, kind), count in requests.most_common():
+        print(f"| {method} | {kind} | {count} |")
+
+
+REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (/\S*) HTTP')
+
+
+def request_kinds(lines: str) -> Counter:
+    """moto's request log, counted by method and by the kind of object asked for."""
+    counts: Counter = Counter()
+    for method, path in REQUEST.findall(lines):
+        key = path.split("?")[0].split("/", 3)[-1] if path.count("/") >= 3 else ""
+        counts[method, object_kind(key, path)] += 1
+    return counts
+
+
+def object_kind(key: str, path: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    if not key:
+        return "listing" if "list-type" in path or "prefix" in path else "bucket"
+    if "/reports/" in key or name.startswith("reports"):
+        return "report parts"
+    if "/checkpoint_" in key:
+        return "trial checkpoints"
+    for prefix in ("trials.parquet", "asha_rungs.json", "optuna.db", "experiment_state", "basic-variant-state",
+                   "searcher-state", "tuner.pkl", "trainable.pkl", "spec", "params", "result.json", "progress.csv",
+                   "events.out"):
+        if name.startswith(prefix):
+            return name.split(".")[0] if prefix == "experiment_state" else prefix
+    return f"other ({name[:40]})"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@
 are written as they arrive (one atomic part each, compacted at the end), so a killed
 driver loses nothing that Tune had already received; the store drops any (trial,
 iteration) it holds already, so a resumed driver never writes a row twice.
+
+The trials table is rewritten at once when a trial's status changes (started, ended,
+errored, retried), and at most every ``progress_every_s`` for progress alone (iterations,
+scores): on an object store each rewrite is a request, and the progress it holds is in
+the reports already. A driver killed in between leaves a row behind its reports, and the
+driver that resumes takes the progress from them (``_catch_up_with_reports``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +33,13 @@ from study.store import ResultStore
 
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
-                 stop_reason: str = "asha: below the rung's cutoff") -> None:
+                 stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0) -> None:
         self.folder, self.spec, self.study = as_location(folder), spec, spec.name
         self.stop_reason = stop_reason
         self.show_progress = show_progress
+        self.progress_every_s = progress_every_s
+        self._written_at = float("-inf")  # when trials.parquet was last written (monotonic)
+        self._unwritten = False  # progress that is not in trials.parquet yet
         self._store: ResultStore | None = None
         self._bar: Any = None
         self._trials: dict[str, dict[str, Any]] = {}
@@ -42,10 +52,13 @@ class StoreCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_bar"], state["_store"], state["ctrl_c"] = None, None, None
+        state["_written_at"] = float("-inf")  # another process's clock
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"ctrl_c": None, **state})  # pickled before ctrl_c existed
+        # Defaults first: an experiment pickled before these existed.
+        self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "_written_at": float("-inf"),
+                              "_unwritten": False, **state})
 
     @property
     def store(self) -> ResultStore:
@@ -90,6 +103,7 @@ class StoreCallback(Callback):
         self.store.append_reports([report_row(self.study, trial.trial_id, result, self._config(trial), node,
                                               time_total_s)])
         row = self._trial_row(trial)
+        status = row.get("status")
         row["node"] = node
         if row.get("status") == INTERRUPTED:  # resumed: it may report before Tune calls on_trial_start
             row.update(status=RUNNING, stop_reason=None)
@@ -105,7 +119,7 @@ class StoreCallback(Callback):
             if latest:
                 row["last_val_miou"] = float(result[METRIC])
             row["best_val_miou"] = max(float(result[METRIC]), row.get("best_val_miou") or float("-inf"))
-        self._write_trials()
+        self._write_trials(progress_only=row.get("status") == status)
         self._show()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -136,6 +150,8 @@ class StoreCallback(Callback):
         # --resume continues them), or by the time budget, or lost with a driver that died.
         interrupted = self.ctrl_c is not None and self.ctrl_c.pressed
         self.mark_unfinished({t.trial_id for t in trials} if interrupted else set())
+        if self._unwritten:
+            self._write_trials()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -171,8 +187,13 @@ class StoreCallback(Callback):
             row.update(searched_params(self.spec.search_space, trial.config))
         return row
 
-    def _write_trials(self) -> None:
+    def _write_trials(self, progress_only: bool = False) -> None:
+        now = time.monotonic()
+        if progress_only and now - self._written_at < self.progress_every_s:
+            self._unwritten = True
+            return
         self.store.write_trials(list(self._trials.values()))
+        self._written_at, self._unwritten = now, False
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -6,7 +6,8 @@
    reported at the trainer's own iterations.
 2. ``Tuner.restore`` brings back the searcher but not ASHA's rungs (ray issue 30838), so
    a resumed study would prune differently. ``PersistentASHA`` writes its rungs to a
-   JSON file in the study folder after every decision and reads them back on resume.
+   JSON file in the study folder after every decision that changed them, and reads them back
+   on resume.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class PersistentASHA(ASHAScheduler):
         self._state_path = None if state_path is None else as_location(state_path)
         self._loaded = False
         self._stopped: set[str] = set()
+        self._saved = ""  # the JSON last written: a result that moved no rung writes nothing
 
     def _load(self) -> None:
         # Lazily: Tuner.restore unpickles this object without calling __init__.
@@ -186,9 +188,12 @@ class PersistentASHA(ASHAScheduler):
     def _save(self) -> None:
         if self._state_path is None:
             return
-        state = {"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)] for b in internals.asha_brackets(self)],
-                 "stopped": sorted(self._stopped)}
-        as_location(self._state_path).write_text(json.dumps(state))
+        state = json.dumps({"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)]
+                                         for b in internals.asha_brackets(self)],
+                            "stopped": sorted(self._stopped)})
+        if state != getattr(self, "_saved", ""):
+            as_location(self._state_path).write_text(state)
+            self._saved = state
 
     def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature
         self._load()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNI
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
+REMOTE_READERS = 16  # requests at once to an object store (footers read, parts deleted)
 
 
 class StoreError(ValueError):
@@ -125,7 +127,13 @@ def _unified(schemas: list[pa.Schema], table: Table, folder: Location) -> pa.Sch
 def _parts(folder: Location, table: Table) -> tuple[list[Location], pa.Schema]:
     """The part files of ``folder``, each checked to be ours, and the schema that unifies them."""
     paths = _data_files(folder)
-    return paths, _unified([_checked_schema(p, table) for p in paths], table, folder)
+    if folder.local or len(paths) < 2:
+        return paths, _unified([_checked_schema(p, table) for p in paths], table, folder)
+    # On an object store each footer is a round trip or two: ask for them side by side (pyarrow
+    # lets go of the GIL while it waits), in the parts' order, the first bad part raising.
+    with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
+        schemas = list(pool.map(lambda path: _checked_schema(path, table), paths))
+    return paths, _unified(schemas, table, folder)
 
 
 def read_table(folder: "Location | Path", table: Table, columns: list[str] | None = None) -> pa.Table:
@@ -242,8 +250,12 @@ class ResultStore:
         merged_part = self.reports_dir / _part_name()
         write_part(merged, merged_part)
         # The parts listed above, never a fresh listing: a part written meanwhile is not in `merged`.
-        for path in paths:
-            path.delete()
+        if self.reports_dir.local:
+            for path in paths:
+                path.delete()
+        else:  # a request each: side by side
+            with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
+                list(pool.map(Location.delete, paths))
         return len(paths)
 
     # --- trials -----------------------------------------------------------------------

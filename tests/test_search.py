@@ -91,3 +91,22 @@ def test_the_private_ray_attributes_we_use_exist_and_a_renamed_one_fails_loudly(
     bracket._rungs = tuple(bracket._rungs)
     with pytest.raises(ray_internals.RayInternalsError, match=r"ASHA bracket\._rungs is a tuple"):
         ray_internals.check(scheduler, "ASHAScheduler")
+
+
+def test_asha_writes_its_rungs_only_when_a_result_changed_them(tmp_path, monkeypatch):
+    """Each write is a request on an object store: a result between milestones writes nothing."""
+    from study.location import Location
+
+    written: list[str] = []
+    real_write = Location.write_text
+    monkeypatch.setattr(Location, "write_text", lambda self, text: (written.append(text), real_write(self, text)))
+    asha = PersistentASHA(tmp_path / "rungs.json", max_t=90, grace_period=10, reduction_factor=3)
+    trial = SimpleNamespace(trial_id="t0")
+    asha.on_trial_add(None, trial)
+    asha.on_trial_result(None, trial, _result(10, 0.5))  # the first rung
+    assert len(written) == 1 and '"t0": 0.5' in written[0]
+    asha.on_trial_result(None, trial, _result(20, 0.6))  # between 10 and 30: no rung moved
+    assert len(written) == 1
+    asha.on_trial_result(None, trial, _result(30, 0.7))  # the second rung
+    assert len(written) == 2 and '"t0": 0.7' in written[1]
+    assert (tmp_path / "rungs.json").read_text() == written[1]

@@ -66,6 +66,17 @@ def _ray_session_dir() -> Path:
     return Path(ray._private.worker._global_node.get_session_dir_path())
 
 
+def _uploaded_in_parts(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    """Keys under ``prefix`` that were written as multipart uploads: their ETag is not the MD5 of
+    their bytes, as a single PutObject's is, but a digest of the parts' digests with a count."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is missing (moto's dependency: pip install -e '.[test]')")
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    found = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found += [item["Key"] for item in page.get("Contents", []) if "-" in item["ETag"]]
+    return found
+
+
 def _fs(endpoint: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
 
@@ -103,6 +114,8 @@ def test_a_study_in_s3_runs_and_every_command_works_from_the_uri(s3_study, capsy
     assert any(n.startswith("studies/team/s3tiny/results/reports/part-") for n in names)
     assert any("/tune/s3tiny/" in n and "checkpoint" in n for n in names)  # trial checkpoints in the bucket
     assert not any(n.endswith(".tmp") for n in names)
+    # Every object, the driver's and the trials' (Tune's checkpoints), went up in one request.
+    assert _uploaded_in_parts(endpoint, "studies", "team/s3tiny/") == []
 
     outputs = [out]
     for command in (["status", "s3tiny", "--dir", root],

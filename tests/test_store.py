@@ -349,3 +349,44 @@ def test_a_resumed_driver_takes_a_trials_progress_from_reports_stored_after_its_
     assert row["iterations"] == 6  # the file as the killed driver left it
     caught_up = callback._trials["t"]
     assert (caught_up["iterations"], caught_up["last_val_miou"], caught_up["best_val_miou"]) == (9, 0.5, 0.6)
+
+
+class _Trial:
+    """What StoreCallback reads of a Tune trial."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config = trial_id, config
+
+
+def _result(iteration: int, miou: float) -> dict:
+    return {**evaluation_metrics(_evaluation(iteration, miou)), "iteration": iteration, "time_total_s": 1.0 * iteration}
+
+
+def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_kill_loses_none_of_it(tmp_path):
+    """A status change is written at once; a result that only moves progress waits for the period
+    (each rewrite is a request on an object store). A driver killed in between leaves the row
+    behind its reports, and the driver that resumes takes the progress from them."""
+    from study.callbacks import StoreCallback
+    from study.spec import StudySpec
+
+    spec = StudySpec(name="s")
+    trial = _Trial("t", dict(spec.search_space.paper_point))
+    on_disk = lambda: {r["trial_id"]: r for r in ResultStore(tmp_path, "s").trials().to_pylist()}["t"]  # noqa: E731
+    driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
+    driver.on_trial_start(0, [], trial)
+    assert on_disk()["status"] == "running"
+    for iteration, miou in ((100, 0.4), (200, 0.6), (300, 0.5)):
+        driver.on_trial_result(0, [], trial, _result(iteration, miou))
+    assert (on_disk()["status"], on_disk()["iterations"], on_disk()["best_val_miou"]) == ("running", None, None)
+    assert ResultStore(tmp_path, "s").reports().num_rows == 3  # the reports never wait
+
+    resumed = StoreCallback(tmp_path, spec, show_progress=False)  # the first driver killed here
+    row = resumed._trial_row(trial)
+    assert (row["iterations"], row["last_val_miou"], row["best_val_miou"]) == (300, 0.5, 0.6)
+
+    driver.on_experiment_end([trial])  # a driver that ends writes what it held back
+    assert (on_disk()["iterations"], on_disk()["best_val_miou"]) == (300, 0.6)
+    eager = StoreCallback(tmp_path / "eager", spec, show_progress=False, progress_every_s=0)
+    for iteration in (100, 200):
+        eager.on_trial_result(0, [], trial, _result(iteration, 0.5))
+    assert {r["trial_id"]: r for r in ResultStore(tmp_path / "eager", "s").trials().to_pylist()}["t"]["iterations"] == 200
