@@ -396,8 +396,9 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
         scheduler = FIFOScheduler()
     # Tune's automatic loggers include TensorBoard, which kept a writer (and an open file) per
     # trial for the whole study: memory and file handles grew with the trial count. The Parquet
-    # store is the record; Tune keeps its JSON results (result.json, read by Tune's own tools).
-    from ray.tune.logger import JsonLoggerCallback
+    # store is the record; Tune's JSON results (result.json, read by Tune's own tools) are written
+    # by ResultLog into the study's location, not uploaded again at every snapshot.
+    from study.result_log import ResultLog
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
@@ -408,7 +409,8 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
                                     max_concurrent_trials=concurrency(spec), reuse_actors=True,
                                     time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=tune_dir.fs_path, storage_filesystem=storage_fs, verbose=0, callbacks=[callback, JsonLoggerCallback()],
+            name=spec.name, storage_path=tune_dir.fs_path, storage_filesystem=storage_fs, verbose=0,
+            callbacks=[callback, ResultLog(tune_dir / spec.name)],
             # More than one: Tune's snapshot may still name an older checkpoint when a driver dies.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),

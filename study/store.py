@@ -37,7 +37,7 @@ from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNI
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
-REMOTE_READERS = 16  # requests at once to an object store (footers read, parts deleted)
+REMOTE_READERS = 16  # footers read at once from an object store
 
 
 class StoreError(ValueError):
@@ -250,12 +250,8 @@ class ResultStore:
         merged_part = self.reports_dir / _part_name()
         write_part(merged, merged_part)
         # The parts listed above, never a fresh listing: a part written meanwhile is not in `merged`.
-        if self.reports_dir.local:
-            for path in paths:
-                path.delete()
-        else:  # a request each: side by side
-            with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
-                list(pool.map(Location.delete, paths))
+        for path in paths:
+            path.delete()
         return len(paths)
 
     # --- trials -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import LR_BANK_SPACE as SPACE, S3_SECRET, set_args, study_fixed
+from raw_parts import tune_results
 from study.optuna_snapshot import SNAPSHOT_FILE
 from study.cli import main
 
@@ -138,6 +139,9 @@ def test_a_study_in_s3_runs_and_every_command_works_from_the_uri(s3_study, capsy
     reports = pads.dataset(uri, format="parquet").to_table().to_pylist()
     keys = [(r["trial_id"], r["iteration"]) for r in reports]
     assert keys and len(keys) == len(set(keys))  # each (trial, iteration) once
+    # Tune's own record of each trial (result.json, written by ResultLog into the bucket) agrees.
+    logged = tune_results(root.replace("s3://studies/team", "s3://studies/team/s3tiny"))
+    assert {(t, r["iteration"]) for t, results in logged.items() for r in results if "val_miou" in r} == set(keys)
     pandas = pytest.importorskip("pandas")
     assert len(pandas.read_parquet("studies/team/s3tiny/results/reports", filesystem=fs)) == len(reports)
 

@@ -1,0 +1,52 @@
+"""Tune's per-trial files written where the study lives, locally and in a bucket (moto's server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray import cloudpickle
+
+from study.location import parse
+from study.result_log import ResultLog
+
+
+class _Trial:
+    """What ResultLog reads of a Tune trial: its id, config and storage path."""
+
+    def __init__(self, trial_id: str, path: str) -> None:
+        self.trial_id, self.path = trial_id, path
+        self.config = {"lr": 0.01, "bank_size": 256, "contrastive_loss": "paper"}
+
+
+@pytest.fixture(params=["local", "s3"])
+def experiment(request, tmp_path):
+    if request.param == "local":
+        return parse(str(tmp_path / "tune" / "exp"))
+    _, make_bucket = request.getfixturevalue("s3_server")
+    return parse(make_bucket("result-log").replace("s3://result-log", "s3://result-log/study/tune/exp"))
+
+
+def test_each_trial_gets_tunes_files_in_its_folder_and_a_resumed_driver_appends(experiment):
+    log = ResultLog(experiment)
+    trial = _Trial("t1", f"{experiment.fs_path}/run_trial_t1_1/")
+    folder = experiment / "run_trial_t1_1"
+    log.on_trial_start(0, [], trial)
+    assert json.loads((folder / "params.json").read_text()) == trial.config
+    assert cloudpickle.loads((folder / "params.pkl").read_bytes()) == trial.config
+
+    for iteration in (3, 6):
+        log.on_trial_result(0, [], trial, {"trial_id": "t1", "iteration": iteration, "val_miou": iteration / 10})
+    first = (folder / "result.json").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in first] == [3, 6]
+
+    resumed = cloudpickle.loads(cloudpickle.dumps(log))  # as Tune restores its callbacks
+    resumed.on_trial_result(0, [], trial, {"trial_id": "t1", "iteration": 9, "val_miou": 0.9})
+    lines = (folder / "result.json").read_text().splitlines()
+    assert lines[:2] == first and json.loads(lines[2]) == {"trial_id": "t1", "iteration": 9, "val_miou": 0.9}
+
+    resumed.on_trial_complete(0, [], trial)
+    assert resumed._lines == {}  # nothing of an ended trial stays in the driver
+    other = _Trial("t2", f"{experiment.fs_path}/run_trial_t2_2")
+    resumed.on_trial_result(0, [], other, {"trial_id": "t2", "iteration": 3, "val_miou": 0.1})
+    assert len((experiment / "run_trial_t2_2" / "result.json").read_text().splitlines()) == 1
