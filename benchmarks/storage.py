@@ -9,6 +9,9 @@ studies (started first, so that neither pays its start-up).
 
 Prints a Markdown table: the study's wall time, then the store alone: parts written per
 second (one report row each, as the driver writes them), and whole-table reads per second.
+Then the S3 study's requests by object, counted from moto's request log (the driver's, the
+trials' and Tune's own), so that a change can be measured in requests as well as seconds.
+The log is left in the temp folder (its path is the first line printed).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # its request lines
+    print(f"moto's request log: {log.name}")
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=log)
     endpoint = f"127.0.0.1:{port}"
@@ -110,10 +114,13 @@ def main() -> None:
     for label, wall, written, read in rows:
         print(f"| {label} | {wall:.1f} | {100 * (wall - base) / base:+.1f}% | {written:.0f} | {read:.1f} |")
     print(f"\nThe S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
-    print("| request | object | count |")
-    print("|---|---|---:|")
-    for (method, kind), count in requests.most_common():
-        print(f"| {method} | {kind} | {count} |")
+    print("| object | requests | by method |")
+    print("|---|---:|---|")
+    kinds: dict[str, Counter] = {}
+    for (method, kind), count in requests.items():
+        kinds.setdefault(kind, Counter())[method] += count
+    for kind, methods in sorted(kinds.items(), key=lambda item: -sum(item[1].values())):
+        print(f"| {kind} | {sum(methods.values())} | {', '.join(f'{m} {n}' for m, n in methods.most_common())} |")
 
 
 REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (/\S*) HTTP')
@@ -123,24 +130,33 @@ def request_kinds(lines: str) -> Counter:
     """moto's request log, counted by method and by the kind of object asked for."""
     counts: Counter = Counter()
     for method, path in REQUEST.findall(lines):
-        key = path.split("?")[0].split("/", 3)[-1] if path.count("/") >= 3 else ""
-        counts[method, object_kind(key, path)] += 1
+        counts[method, object_kind(path)] += 1
     return counts
 
 
-def object_kind(key: str, path: str) -> str:
-    name = key.rsplit("/", 1)[-1]
+def object_kind(path: str) -> str:
+    bare = path.split("?")[0]
+    key = bare.split("/", 2)[2] if bare.count("/") >= 2 else ""
+    name = key.rstrip("/").rsplit("/", 1)[-1]
+    if "list-type" in path:
+        return "listings (parts listed, folders looked up)"
+    if "delete" in path and not key:
+        return "batch deletes"
     if not key:
-        return "listing" if "list-type" in path or "prefix" in path else "bucket"
-    if "/reports/" in key or name.startswith("reports"):
+        return "the bucket (looked up before a folder is made)"
+    if key.endswith("/"):
+        return "folder markers"
+    if "/reports/" in key:
         return "report parts"
     if "/checkpoint_" in key:
         return "trial checkpoints"
-    for prefix in ("trials.parquet", "asha_rungs.json", "optuna.db", "experiment_state", "basic-variant-state",
-                   "searcher-state", "tuner.pkl", "trainable.pkl", "spec", "params", "result.json", "progress.csv",
-                   "events.out"):
+    if name.startswith("run_trial_"):
+        return "trial folders (looked up)"
+    for prefix in ("trials.parquet", "asha_rungs.json", "optuna.db", "study.json", "result.json", "params",
+                   "experiment_state", "searcher-state", "search_gen_state", "tuner.pkl", "trainable.pkl",
+                   ".validate_storage_marker"):
         if name.startswith(prefix):
-            return name.split(".")[0] if prefix == "experiment_state" else prefix
+            return prefix
     return f"other ({name[:40]})"
 
 
