@@ -118,3 +118,19 @@ def test_one_part_that_mixes_true_and_auto_stores_strings(tmp_path):
     store.append_reports([_report("a", {"amp": True}), _report("b", {"amp": "auto"})])
     rows = {r["trial_id"]: r[CONFIG_PREFIX + "amp"] for r in store.reports().to_pylist()}
     assert rows == {"a": "true", "b": "auto"}
+
+
+def test_compiled_runs_share_one_inductor_cache_in_the_project_cache_unless_the_user_named_one(monkeypatch, tmp_path):
+    """Every trial of a node compiles into, and loads from, the same folder: a study compiles once."""
+    import os
+
+    from trainer.cache import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=False)))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # eager runs leave torch's settings alone
+    Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=True)))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir() / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=True)))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
