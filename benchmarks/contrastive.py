@@ -21,8 +21,9 @@ Rows:
 ``contrastive_losses.py`` and ``utils/feature_memory.py`` are imported from there at run time
 (nothing of them is copied into this project; their ``.cuda()`` calls are no-ops while they
 run) and timed in the same interleaved loop as this project's code, on the same inputs, with
-the same selector weights: the whole term (both selectors + loss, forward + backward) and the
-bank update, at bank 256 and 2048. Only that table is printed then.
+the same selector weights: the whole term (both selectors + loss, forward + backward; this
+project's eager and compiled, as ``compile=true`` trains, its compile time printed apart) and
+the bank update, at bank 256 and 2048. Only that table is printed then.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from trainer.contrastive_term import Term, build_term, contrastive_term
 from trainer.losses import contrastive_infonce, contrastive_paper, contrastive_paper_direct
 from trainer.memory_bank import ClassMemoryBank
 from trainer.models.selectors import ClassSelectors, rescale_to_mean_one
@@ -84,15 +86,13 @@ def _voc_quota(capacity: int) -> int:
 
 
 def _whole_term(feature_selectors: ClassSelectors, memory_selectors: ClassSelectors, leaf: torch.Tensor,
-                classes: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor) -> Callable[[], None]:
-    """Both selectors, the rescaled weights and the closed-form loss, forward + backward (as fit.py)."""
+                classes: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor,
+                term: Term = contrastive_term) -> Callable[[], None]:
+    """Both selectors, the rescaled weights and the closed-form loss, forward + backward: the
+    trainer's own function (``build_term(True)``: as ``compile=true`` trains)."""
     def step() -> None:
         leaf.grad = None
-        pixel_w = rescale_to_mean_one(torch.sigmoid(feature_selectors.score_pixels(leaf.detach(), classes)),
-                                      classes, CLASSES)
-        s = torch.sigmoid(memory_selectors.score_bank(bank, valid))
-        memory_w = s * (valid.sum(1, keepdim=True) / s.sum(1, keepdim=True))
-        contrastive_paper(leaf, classes, pixel_w, bank, valid, memory_w).backward()
+        term(feature_selectors, memory_selectors, leaf, classes, bank, valid).backward()
     return step
 
 
@@ -192,10 +192,14 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
             losses_module.contrastive_class_to_class_learned_memory(
                 official, official_leaf, classes, CLASSES, official_bank).backward()
 
-    def project_term() -> None:
-        features.zero_grad(set_to_none=True)
-        memory.zero_grad(set_to_none=True)
-        _whole_term(features, memory, leaf, classes, bank, valid)()
+    def project_term(term: Term = contrastive_term) -> Callable[[], None]:
+        whole = _whole_term(features, memory, leaf, classes, bank, valid, term)
+
+        def step() -> None:
+            features.zero_grad(set_to_none=True)
+            memory.zero_grad(set_to_none=True)
+            whole()
+        return step
 
     # Updates: the teacher's selectors in eval mode on both sides, banks full, 14 labeled images.
     official_memory = memory_module.FeatureMemory(num_samples=IMAGES_PER_BANK_QUOTA, dataset="pascal_voc",
@@ -212,7 +216,8 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
             official_memory.add_features_from_sample_learned(teacher_heads, z, classes, IMAGES)
 
     _check_same_loss(features, official, leaf, classes, bank, valid, official_bank, losses_module)
-    return {"official term": official_term, "project term": project_term,
+    return {"official term": official_term, "project term": project_term(),
+            "project term, compiled": project_term(build_term(True)),
             "official update": official_update, "project update": _update(teacher, project_memory, z, classes)}
 
 
@@ -235,16 +240,25 @@ def _compare_with_official(path: str, repeats: int, threads: int) -> None:
     for capacity in (256, 2048):
         for name, fn in _side_by_side(capacity, losses_module, memory_module).items():
             fns[(capacity, name)] = fn
+    compile_s = {}
+    for capacity in (256, 2048):  # the first call compiles (the second size mostly reuses the first's kernels)
+        started = time.perf_counter()
+        fns[(capacity, "project term, compiled")]()
+        compile_s[capacity] = time.perf_counter() - started
     ms = _median_ms(fns, repeats)  # type: ignore[arg-type]
     print(f"VOC scale: {PIXELS:,} pixels, {CLASSES} classes, {DIM}-d, {threads} threads; median ms of "
           f"{repeats} interleaved runs; official code from {path}\n")
     print("| what | official | this project | official / project |")
     print("|---|---:|---:|---:|")
     for capacity in (256, 2048):
-        for what in ("term", "update"):
-            a, b = ms[(capacity, f"official {what}")], ms[(capacity, f"project {what}")]
-            label = "whole term (both selectors + loss, fwd + bwd)" if what == "term" else "bank update (rank + write)"
+        for what in ("term", "term, compiled", "update"):
+            a, b = ms[(capacity, f"official {what.split(',')[0]}")], ms[(capacity, f"project {what}")]
+            label = {"term": "whole term (both selectors + loss, fwd + bwd)",
+                     "term, compiled": "whole term, compiled (`compile=true`)",
+                     "update": "bank update (rank + write)"}[what]
             print(f"| {label}, bank {capacity} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    print("\nthe compiled term's first call (compiling it): "
+          + ", ".join(f"{seconds:.1f} s at bank {capacity}" for capacity, seconds in compile_s.items()))
 
 
 def main() -> None:

@@ -83,8 +83,8 @@ class TrainConfig:
                             "AVX-512-bf16), recorded as the run's precision")
     channels_last: bool | str = _spec("auto", "channels-last memory format for the networks; 'auto': on together "
                                       "with bf16 (where it pays), recorded as the run's channels_last")
-    compile: bool = _spec(False, "torch.compile the student and teacher networks (fused kernels; the first steps "
-                          "pay the compilation, cached across a machine's runs)")
+    compile: bool = _spec(False, "torch.compile the student and teacher networks and the whole contrastive term "
+                          "(fused kernels; the first steps pay the compilation, cached across a machine's runs)")
 
     # --- augmentation (geometry; colour jitter strengths 0.125 weak and 0.25 strong and the blur
     # probabilities are the official code's, the jitter's saturation and hue ranges the project's:

@@ -36,6 +36,7 @@ from trainer.atomic import atomic_write
 from trainer.cache import cache_dir
 from trainer.class_counts import WindowedClassCounts, epoch_steps
 from trainer.config import ConfigError, TrainConfig, first_line
+from trainer.contrastive_term import build_term
 from trainer.data import IGNORE_INDEX, SegmentationData, build_data
 from trainer.data.augment import (AugmentParams, classmix, classmix_masks, colour_jitter, gaussian_blur,
                                   geometry)
@@ -45,7 +46,6 @@ from trainer.memory_bank import ClassMemoryBank, bank_candidates, per_image_quot
 from trainer.metrics import confusion_matrix, iou_per_class, mean_iou
 from trainer.models import SegmentationNet, build_model
 from trainer.models.backbones import freeze_batch_norm_affine
-from trainer.models.selectors import rescale_to_mean_one
 from trainer.progress import ProgressBars
 from trainer.reload_best import BestCheckpoint
 from trainer.teacher import ema_momentum, update_teacher
@@ -100,6 +100,7 @@ class Trainer:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
             self.student.compile()
             self.teacher.compile()
+        self.contrastive_term = build_term(cfg.compile)  # both selectors and the loss, compiled as one
         # Frozen parameters stay out of the optimiser, so weight decay does not shrink them either.
         self.optimizer = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -313,22 +314,13 @@ class Trainer:
         if len(classes) < 2:
             return torch.zeros((), device=self.device)
         z = self.student.predict(self.student.project(features.permute(0, 2, 3, 1)[valid]))
-        # Selector weights: sigmoid, rescaled to mean 1 per class. The pixel selector sees
-        # detached vectors, so it learns only through the weights it gives.
-        w = rescale_to_mean_one(torch.sigmoid(self.student.feature_selectors.score_pixels(z.detach(), classes)),
-                                classes, self.num_classes)
         if self.cfg.contrastive_loss == "infonce":  # every pixel meets every memory vector: cap them
             bank, filled = self.bank.newest(self.cfg.infonce_memory)
         else:
             bank, filled = self.bank.vectors, self.bank.valid()
-        if self.cfg.official_memory_weights:
-            v = filled.to(z.dtype)
-        else:
-            s = torch.sigmoid(self.student.memory_selectors.score_bank(bank, filled)) * filled
-            v = s * (filled.sum(dim=1, keepdim=True) / s.sum(dim=1, keepdim=True).clamp_min(1e-12))
-        if self.cfg.contrastive_loss == "infonce":
-            return losses.contrastive_infonce(z, classes, w, bank, filled, v, self.cfg.temperature)
-        return losses.contrastive_paper(z, classes, w, bank, filled, v)
+        return self.contrastive_term(self.student.feature_selectors, self.student.memory_selectors, z, classes,
+                                     bank, filled, loss=self.cfg.contrastive_loss, temperature=self.cfg.temperature,
+                                     official_memory_weights=self.cfg.official_memory_weights)
 
     def run(self, on_evaluation: Callable[[Evaluation, "Trainer"], None] | None = None,
             progress: Callable[[str, int, int], None] | None = None) -> Evaluation | None:
