@@ -247,16 +247,26 @@ class ObjectStore(pafs.S3FileSystem):
         pass
 
     def __reduce__(self):  # noqa: ANN204 - pickle's protocol
-        return _object_store, (super().__reduce__()[1][0],)
+        return _object_store, (_s3_options(self),)
 
     @classmethod
     def like(cls, fs: pafs.S3FileSystem) -> "ObjectStore":
         """This class with ``fs``'s options (its endpoint, region, credentials chain)."""
-        return _object_store({**fs.__reduce__()[1][0], "check_directory_existence_before_creation": True})
+        return _object_store({**_s3_options(fs), "check_directory_existence_before_creation": True})
 
 
 def _object_store(options: dict) -> ObjectStore:
     return ObjectStore(**options)
+
+
+def _s3_options(fs: pafs.S3FileSystem) -> dict:
+    """The constructor options of ``fs``, as pyarrow pickles them: (its rebuilder, (options,))."""
+    reduced = pafs.S3FileSystem.__reduce__(fs)
+    if len(reduced) < 2 or not reduced[1] or not isinstance(reduced[1][0], dict):
+        raise RuntimeError(f"pyarrow {pa.__version__} pickles S3FileSystem in a form this code does not know "
+                           f"({type(reduced[1]).__name__}); pin pyarrow to a release that study/location.py "
+                           "was written for (21 to 26)")
+    return reduced[1][0]
 
 
 def _bucket(base: str) -> str:

@@ -91,7 +91,9 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     def ready() -> bool:
         snapshot, rung = _tunes_snapshot(folder), _first_rung(_rungs(folder))
-        stored = {t["trial_id"]: t["iterations"] or 0 for t in raw_rows(folder, "trials")}
+        stored: dict[str, int] = {}  # the last report stored of each trial (trials.parquet may lag behind it)
+        for report in raw_rows(folder):
+            stored[report["trial_id"]] = max(stored.get(report["trial_id"], 0), report["iteration"])
         ended = {t for t, (status, _) in snapshot.items() if status == "TERMINATED"}
         # Running in the snapshot from a checkpoint of iteration 3 or later, with a report stored
         # after the snapshot's: the resume restores it and replays a report the store holds.
