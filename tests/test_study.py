@@ -106,6 +106,23 @@ def test_parquet_agrees_with_what_tune_reported(asha_study):
         assert t["iterations"] == max(r["iteration"] for r in mine)
 
 
+def test_tunes_own_tools_read_the_trials_results(asha_study):
+    """ResultLog writes result.json and params.json where Tune's ExperimentAnalysis looks."""
+    pytest.importorskip("pandas", reason="pandas is missing (pip install -e '.[test]')")
+    from ray.tune import ExperimentAnalysis
+
+    folder, _ = asha_study
+    analysis = ExperimentAnalysis(str(folder / "tune" / "asha"))
+    frames = analysis.trial_dataframes
+    reports = raw_rows(folder)
+    assert len(frames) == 8
+    for trial in analysis.trials:
+        mine = sorted(r["iteration"] for r in reports if r["trial_id"] == trial.trial_id)
+        assert sorted(frames[trial.trial_id]["iteration"]) == mine
+        assert trial.config and set(trial.config) >= {"lr", "bank_size"}
+    assert analysis.get_best_config(metric="val_miou", mode="max") in [t.config for t in analysis.trials]
+
+
 def test_parquet_is_readable_by_pandas_and_duckdb(asha_study):
     duckdb = pytest.importorskip("duckdb")
     pandas = pytest.importorskip("pandas")
