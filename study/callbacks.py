@@ -6,9 +6,10 @@ driver loses nothing that Tune had already received; the store drops any (trial,
 iteration) it holds already, so a resumed driver never writes a row twice.
 
 The trials table is rewritten at once when a trial's status changes (started, ended,
-errored, retried), and at most every ``progress_every_s`` for progress alone (iterations,
-scores): on an object store each rewrite is a request, and the progress it holds is in
-the reports already. A driver killed in between leaves a row behind its reports, and the
+errored, retried), and for progress alone (iterations, scores) once ``progress_every_s``
+has passed since the last write (checked at every step of Tune's loop, and when ``fit``
+ends): on an object store each rewrite is a request, and the progress it holds is in the
+reports already. A driver killed in between leaves a row behind its reports, and the
 driver that resumes takes the progress from them (``_catch_up_with_reports``).
 """
 
@@ -145,13 +146,22 @@ class StoreCallback(Callback):
                    error=f"retrying after: {_error_text(trial)}")
         self._write_trials()
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Held-back progress waits for the period, not for the next event (minutes apart on a GPU).
+        if self._unwritten and time.monotonic() - self._written_at >= self.progress_every_s:
+            self._write_trials()
+
+    def flush(self) -> None:
+        """Write progress held back, if any: the driver calls it when ``fit`` ends, however it ends."""
+        if self._unwritten:
+            self._write_trials()
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials that Tune ended without a completion event: cut by Ctrl-C (Tune saved them, and
         # --resume continues them), or by the time budget, or lost with a driver that died.
         interrupted = self.ctrl_c is not None and self.ctrl_c.pressed
         self.mark_unfinished({t.trial_id for t in trials} if interrupted else set())
-        if self._unwritten:
-            self._write_trials()
+        self.flush()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

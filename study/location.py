@@ -213,7 +213,13 @@ def check_reachable(location: Location, timeout: float = 5.0) -> None:
 def _filesystem(scheme: str, query: str, bucket: str) -> pafs.FileSystem:
     # One client per (scheme, options, bucket) and process: S3 clients are costly to make.
     fs = pafs.FileSystem.from_uri(f"{scheme}://{bucket}?{_client_options(scheme, query)}".rstrip("?"))[0]
-    return ObjectStore.like(fs) if isinstance(fs, pafs.S3FileSystem) else fs
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    # An option that pyarrow's pickled form does not carry (tls_verify_certificates, for one)
+    # would be lost by rebuilding the client: such a URI keeps pyarrow's own class.
+    if set(urllib.parse.parse_qs(query)) - set(_s3_options(fs)):
+        return fs
+    return ObjectStore.like(fs)
 
 
 def _client_options(scheme: str, query: str) -> str:

@@ -9,21 +9,28 @@ ever started, per snapshot, so a study pays more for them the longer it runs (16
 uploading logs that did not change). ``ResultLog`` writes them into the trial's folder of the
 study's location itself: the params once, ``result.json`` whole after each result, in Tune's
 format at Tune's path, so that Tune's tools (``ExperimentAnalysis``, ``ResultGrid``) read them
-as before. A driver that resumes appends to what the killed one wrote.
+as before. A driver that resumes appends to what the killed one wrote. Rewriting the file whole
+costs bytes that grow with a trial's results, as Tune's own upload of it at every snapshot did;
+in requests it costs one per result instead of three files per trial per snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from study.location import Location, as_location
+from trainer.config import first_line
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE, PARAMS_FILE, PARAMS_PICKLE = "result.json", "params.json", "params.pkl"
 
@@ -49,7 +56,13 @@ class ResultLog(Callback):
         if lines is None:  # the trial's first result in this driver: a resumed one has lines already
             lines = self._lines[trial.trial_id] = self._stored_lines(trial)
         lines.append(json.dumps(result, cls=SafeFallbackEncoder))
-        (self._folder(trial) / RESULTS_FILE).write_text("\n".join(lines) + "\n")
+        try:
+            (self._folder(trial) / RESULTS_FILE).write_text("\n".join(lines) + "\n")
+        except (OSError, pa.ArrowException) as err:
+            # Tune's log, not the study's record (that is the Parquet store): a failed write must not
+            # end the study, and the next result writes every line again, this one included.
+            logger.warning("could not write %s of trial %s (%s); the next result writes it again",
+                           RESULTS_FILE, trial.trial_id, first_line(err))
 
     # The file holds every line: nothing of an ended trial stays in the driver.
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

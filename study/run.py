@@ -166,6 +166,9 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             if callback is not None:
                 callback.mark_unfinished(None)
             ctrl_c.pressed = True
+        finally:
+            if callback is not None:  # progress held back, should fit have raised past its end
+                callback.flush()
     finally:
         if owns_ray:
             ray.shutdown()

@@ -123,14 +123,16 @@ def test_one_part_that_mixes_true_and_auto_stores_strings(tmp_path):
 def test_compiled_runs_share_one_inductor_cache_in_the_project_cache_unless_the_user_named_one(monkeypatch, tmp_path):
     """Every trial of a node compiles into, and loads from, the same folder: a study compiles once."""
     import os
+    import socket
 
-    from trainer.cache import cache_dir
+    from trainer.cache import inductor_cache_dir
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=False)))
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # eager runs leave torch's settings alone
     Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=True)))
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir() / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor_cache_dir())
+    assert inductor_cache_dir().name == socket.gethostname()  # per host: kernels are built for its CPU
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     Trainer(TrainConfig.from_dict(tiny_overrides(iterations=1, compile=True)))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -50,3 +50,26 @@ def test_each_trial_gets_tunes_files_in_its_folder_and_a_resumed_driver_appends(
     other = _Trial("t2", f"{experiment.fs_path}/run_trial_t2_2")
     resumed.on_trial_result(0, [], other, {"trial_id": "t2", "iteration": 3, "val_miou": 0.1})
     assert len((experiment / "run_trial_t2_2" / "result.json").read_text().splitlines()) == 1
+
+
+def test_a_failed_write_warns_and_the_next_result_writes_every_line(tmp_path, monkeypatch, caplog):
+    """Tune's log is not the study's record: a write that fails must not end the study."""
+    from study.location import Location
+
+    experiment = parse(str(tmp_path / "tune" / "exp"))
+    log = ResultLog(experiment)
+    trial = _Trial("t1", f"{experiment.fs_path}/run_trial_t1_1")
+    real_write, failing = Location.write_text, [True]
+
+    def flaky(self, text):
+        if failing.pop() if failing else False:
+            raise OSError("the object store refused")
+        real_write(self, text)
+
+    monkeypatch.setattr(Location, "write_text", flaky)
+    with caplog.at_level("WARNING"):
+        log.on_trial_result(0, [], trial, {"trial_id": "t1", "iteration": 3})
+    assert "could not write result.json of trial t1" in caplog.text
+    log.on_trial_result(0, [], trial, {"trial_id": "t1", "iteration": 6})
+    lines = (experiment / "run_trial_t1_1" / "result.json").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [3, 6]

@@ -329,3 +329,28 @@ def test_a_storage_url_is_kept_without_its_password(url, bare, password):
     from study.optuna_storage import split_password
 
     assert split_password(url) == (bare, password)
+
+
+def test_the_s3_client_is_one_request_a_file_keeps_the_users_options_and_pickles_as_itself(s3_server):
+    import pickle
+
+    from study.location import ObjectStore, parse
+
+    endpoint, make_bucket = s3_server
+    uri = make_bucket("client-options")  # s3://client-options?endpoint_override=...&scheme=http
+    folder = lambda name, options="": parse(uri.replace("?", f"/{name}?", 1) + options)  # noqa: E731
+    plain = folder("a")
+    assert isinstance(plain.fs, ObjectStore)
+    again = pickle.loads(pickle.dumps(plain.fs))  # as Tune sends it to the trials
+    assert isinstance(again, ObjectStore)
+    assert again.__reduce__()[1][0]["check_directory_existence_before_creation"] is True
+    (plain / "x.json").write_text("{}")
+    # A user's own allow_delayed_open stands: false is pyarrow's multipart upload again.
+    (folder("b", "&allow_delayed_open=false") / "y.json").write_text("{}")
+    assert _uploaded_in_parts(endpoint, "client-options", "a/") == []
+    assert _uploaded_in_parts(endpoint, "client-options", "b/") == ["b/y.json"]
+    # An option that pyarrow's pickled client would drop keeps pyarrow's own class, option and all.
+    kept = folder("c", "&tls_verify_certificates=false")
+    assert type(kept.fs) is pafs.S3FileSystem
+    (kept / "z.json").write_text("{}")
+    assert (kept / "z.json").read_text() == "{}"

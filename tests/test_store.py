@@ -390,3 +390,24 @@ def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_ki
     for iteration in (100, 200):
         eager.on_trial_result(0, [], trial, _result(iteration, 0.5))
     assert {r["trial_id"]: r for r in ResultStore(tmp_path / "eager", "s").trials().to_pylist()}["t"]["iterations"] == 200
+
+
+def test_held_back_progress_is_written_at_the_next_step_once_the_period_has_passed(tmp_path):
+    """Tune's loop steps many times a second: progress waits for the period, not for the next event."""
+    from study.callbacks import StoreCallback
+    from study.spec import StudySpec
+
+    spec = StudySpec(name="s")
+    trial = _Trial("t", dict(spec.search_space.paper_point))
+    on_disk = lambda: {r["trial_id"]: r for r in ResultStore(tmp_path, "s").trials().to_pylist()}["t"]  # noqa: E731
+    driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
+    driver.on_trial_start(0, [], trial)
+    driver.on_trial_result(0, [], trial, _result(100, 0.4))
+    driver.on_step_end(0, [])  # within the period: still held back
+    assert on_disk()["iterations"] is None
+    driver.progress_every_s = 0  # the period has passed
+    driver.on_step_end(0, [])
+    assert (on_disk()["iterations"], on_disk()["best_val_miou"]) == (100, 0.4)
+    written = (tmp_path / "results" / "trials" / "trials.parquet").stat().st_ino  # a rewrite renames a new file in
+    driver.on_step_end(0, [])  # nothing held back: nothing written
+    assert (tmp_path / "results" / "trials" / "trials.parquet").stat().st_ino == written

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,15 @@ from trainer.atomic import atomic_write
 def cache_dir() -> Path:
     """``$SEMISEG_CACHE`` or ``~/.cache/semiseg-study``."""
     return Path(os.environ.get("SEMISEG_CACHE", Path.home() / ".cache" / "semiseg-study"))
+
+
+def inductor_cache_dir() -> Path:
+    """Where ``compile=true`` keeps Inductor's kernels: one folder per host under the cache.
+
+    Per host, not per cache: ``$SEMISEG_CACHE`` may be a home folder shared by a cluster's
+    nodes, and Inductor's CPU kernels are built for the CPU that compiled them (-march=native)
+    with no CPU in their cache key, so a kernel from another node's CPU could be loaded and fail."""
+    return cache_dir() / "inductor" / socket.gethostname()
 
 
 def cache_key(**parts: Any) -> str:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from trainer import losses
 from trainer.atomic import atomic_write
-from trainer.cache import cache_dir
+from trainer.cache import inductor_cache_dir
 from trainer.class_counts import WindowedClassCounts, epoch_steps
 from trainer.config import ConfigError, TrainConfig, first_line
 from trainer.contrastive_term import build_term
@@ -94,10 +94,11 @@ class Trainer:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         if cfg.compile:  # in place: parameter names, and so checkpoints, stay those of eager runs
-            # One Inductor cache per machine, beside the project's other caches: every trial and run
+            # One Inductor cache per host, beside the project's other caches: every trial and run
             # on a node after the first loads the compiled kernels instead of compiling them again
-            # (a tiny trial on this CPU: 25 s the first time, 5 s after). A user's own setting stands.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+            # (a tiny trial on this CPU: 25 s the first time, 5 s after). A folder already set stands:
+            # the user's, or torch's own default in a process that compiled something before.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
             self.student.compile()
             self.teacher.compile()
         self.contrastive_term = build_term(cfg.compile)  # both selectors and the loss, compiled as one
