@@ -103,9 +103,8 @@ class Trainer:
             self.teacher.compile()
         self.contrastive_term = build_term(cfg.compile)  # both selectors and the loss, compiled as one
         # Frozen parameters stay out of the optimiser, so weight decay does not shrink them either.
-        # foreach: one multi-tensor pass per update (torch picks it on GPUs only, a loop elsewhere).
         self.optimizer = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=cfg.lr,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.bank = ClassMemoryBank(self.num_classes, cfg.bank_size, cfg.proj_dim, self.device)
         self.per_image = cfg.bank_per_image or per_image_quota(
             cfg.bank_size, len(self.data.labeled), self.num_classes,

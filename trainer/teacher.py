@@ -30,14 +30,13 @@ def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float, para
     code does (its teacher's running statistics are then those of its own forward passes).
     """
     if parameters_only:
-        pairs = list(zip(teacher.parameters(), student.parameters()))
-    else:
-        teacher_state = teacher.state_dict()
-        pairs = [(teacher_state[name], value) for name, value in student.state_dict().items()]
-    averaged = [(target, value) for target, value in pairs if target.dtype.is_floating_point]
-    if averaged:  # one multi-tensor pass, not a mul and an add per tensor
-        targets, values = zip(*averaged)
-        torch._foreach_lerp_(list(targets), [v.detach() for v in values], 1.0 - momentum)
-    for target, value in pairs:
-        if not target.dtype.is_floating_point:
+        for target, value in zip(teacher.parameters(), student.parameters()):
+            target.mul_(momentum).add_(value.detach(), alpha=1.0 - momentum)
+        return
+    teacher_state = teacher.state_dict()
+    for name, value in student.state_dict().items():
+        target = teacher_state[name]
+        if target.dtype.is_floating_point:
+            target.mul_(momentum).add_(value.detach(), alpha=1.0 - momentum)
+        else:
             target.copy_(value)
