@@ -258,7 +258,7 @@ class ObjectStore(pafs.S3FileSystem):
     @classmethod
     def like(cls, fs: pafs.S3FileSystem) -> "ObjectStore":
         """This class with ``fs``'s options (its endpoint, region, credentials chain)."""
-        return _object_store({**_s3_options(fs), "check_directory_existence_before_creation": True})
+        return cls(**{**_s3_options(fs), "check_directory_existence_before_creation": True})
 
 
 def _object_store(options: dict) -> ObjectStore:
