@@ -92,6 +92,8 @@ def _whole_term(feature_selectors: ClassSelectors, memory_selectors: ClassSelect
     trainer's own function (``build_term(True)``: as ``compile=true`` trains)."""
     def step() -> None:
         leaf.grad = None
+        feature_selectors.zero_grad(set_to_none=True)
+        memory_selectors.zero_grad(set_to_none=True)
         term(feature_selectors, memory_selectors, leaf, classes, bank, valid).backward()
     return step
 
@@ -192,15 +194,6 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
             losses_module.contrastive_class_to_class_learned_memory(
                 official, official_leaf, classes, CLASSES, official_bank).backward()
 
-    def project_term(term: Term = contrastive_term) -> Callable[[], None]:
-        whole = _whole_term(features, memory, leaf, classes, bank, valid, term)
-
-        def step() -> None:
-            features.zero_grad(set_to_none=True)
-            memory.zero_grad(set_to_none=True)
-            whole()
-        return step
-
     # Updates: the teacher's selectors in eval mode on both sides, banks full, 14 labeled images.
     official_memory = memory_module.FeatureMemory(num_samples=IMAGES_PER_BANK_QUOTA, dataset="pascal_voc",
                                                   memory_per_class=capacity, feature_size=DIM, n_classes=CLASSES)
@@ -216,8 +209,8 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
             official_memory.add_features_from_sample_learned(teacher_heads, z, classes, IMAGES)
 
     _check_same_loss(features, official, leaf, classes, bank, valid, official_bank, losses_module)
-    return {"official term": official_term, "project term": project_term(),
-            "project term, compiled": project_term(build_term(True)),
+    return {"official term": official_term, "project term": _whole_term(features, memory, leaf, classes, bank, valid),
+            "project term, compiled": _whole_term(features, memory, leaf, classes, bank, valid, build_term(True)),
             "official update": official_update, "project update": _update(teacher, project_memory, z, classes)}
 
 
@@ -232,6 +225,12 @@ def _check_same_loss(features: ClassSelectors, official: nn.Module, z: torch.Ten
         ours = contrastive_paper(z, classes, w, bank, valid, valid.to(z.dtype)).item()
     if abs(ours - expected) > 1e-4 * abs(expected):
         raise SystemExit(f"the two codes disagree: official loss {expected:.6f}, this project's {ours:.6f}")
+
+
+# (official timing, this project's, the row's label) of the side-by-side table
+SIDE_BY_SIDE_ROWS = (("official term", "project term", "whole term (both selectors + loss, fwd + bwd)"),
+                     ("official term", "project term, compiled", "whole term, compiled (`compile=true`)"),
+                     ("official update", "project update", "bank update (rank + write)"))
 
 
 def _compare_with_official(path: str, repeats: int, threads: int) -> None:
@@ -251,11 +250,8 @@ def _compare_with_official(path: str, repeats: int, threads: int) -> None:
     print("| what | official | this project | official / project |")
     print("|---|---:|---:|---:|")
     for capacity in (256, 2048):
-        for what in ("term", "term, compiled", "update"):
-            a, b = ms[(capacity, f"official {what.split(',')[0]}")], ms[(capacity, f"project {what}")]
-            label = {"term": "whole term (both selectors + loss, fwd + bwd)",
-                     "term, compiled": "whole term, compiled (`compile=true`)",
-                     "update": "bank update (rank + write)"}[what]
+        for official, ours, label in SIDE_BY_SIDE_ROWS:
+            a, b = ms[(capacity, official)], ms[(capacity, ours)]
             print(f"| {label}, bank {capacity} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
     print("\nthe compiled term's first call (compiling it): "
           + ", ".join(f"{seconds:.1f} s at bank {capacity}" for capacity, seconds in compile_s.items()))

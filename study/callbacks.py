@@ -148,8 +148,8 @@ class StoreCallback(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # Held-back progress waits for the period, not for the next event (minutes apart on a GPU).
-        if self._unwritten and time.monotonic() - self._written_at >= self.progress_every_s:
-            self._write_trials()
+        if self._unwritten:
+            self._write_trials(progress_only=True)
 
     def flush(self) -> None:
         """Write progress held back, if any: the driver calls it when ``fit`` ends, however it ends."""

@@ -191,7 +191,7 @@ class PersistentASHA(ASHAScheduler):
         state = json.dumps({"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)]
                                          for b in internals.asha_brackets(self)],
                             "stopped": sorted(self._stopped)})
-        if state != getattr(self, "_saved", ""):
+        if state != getattr(self, "_saved", ""):  # getattr: a scheduler pickled before _saved existed
             as_location(self._state_path).write_text(state)
             self._saved = state
 

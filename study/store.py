@@ -127,12 +127,17 @@ def _unified(schemas: list[pa.Schema], table: Table, folder: Location) -> pa.Sch
 def _parts(folder: Location, table: Table) -> tuple[list[Location], pa.Schema]:
     """The part files of ``folder``, each checked to be ours, and the schema that unifies them."""
     paths = _data_files(folder)
+
+    def check(path: Location) -> pa.Schema:
+        return _checked_schema(path, table)
+
     if folder.local or len(paths) < 2:
-        return paths, _unified([_checked_schema(p, table) for p in paths], table, folder)
-    # On an object store each footer is a round trip or two: ask for them side by side (pyarrow
-    # lets go of the GIL while it waits), in the parts' order, the first bad part raising.
-    with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
-        schemas = list(pool.map(lambda path: _checked_schema(path, table), paths))
+        schemas = [check(path) for path in paths]
+    else:
+        # On an object store each footer is a round trip or two: ask for them side by side (pyarrow
+        # lets go of the GIL while it waits), in the parts' order, the first bad part raising.
+        with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
+            schemas = list(pool.map(check, paths))
     return paths, _unified(schemas, table, folder)
 
 

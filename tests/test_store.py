@@ -358,6 +358,11 @@ class _Trial:
         self.trial_id, self.config = trial_id, config
 
 
+def _trial_on_disk(folder: Path, trial_id: str) -> dict:
+    """The trial's row as trials.parquet holds it now."""
+    return {r["trial_id"]: r for r in ResultStore(folder, "s").trials().to_pylist()}[trial_id]
+
+
 def _result(iteration: int, miou: float) -> dict:
     return {**evaluation_metrics(_evaluation(iteration, miou)), "iteration": iteration, "time_total_s": 1.0 * iteration}
 
@@ -371,7 +376,7 @@ def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_ki
 
     spec = StudySpec(name="s")
     trial = _Trial("t", dict(spec.search_space.paper_point))
-    on_disk = lambda: {r["trial_id"]: r for r in ResultStore(tmp_path, "s").trials().to_pylist()}["t"]  # noqa: E731
+    on_disk = lambda: _trial_on_disk(tmp_path, "t")  # noqa: E731
     driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
     driver.on_trial_start(0, [], trial)
     assert on_disk()["status"] == "running"
@@ -389,7 +394,7 @@ def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_ki
     eager = StoreCallback(tmp_path / "eager", spec, show_progress=False, progress_every_s=0)
     for iteration in (100, 200):
         eager.on_trial_result(0, [], trial, _result(iteration, 0.5))
-    assert {r["trial_id"]: r for r in ResultStore(tmp_path / "eager", "s").trials().to_pylist()}["t"]["iterations"] == 200
+    assert _trial_on_disk(tmp_path / "eager", "t")["iterations"] == 200
 
 
 def test_held_back_progress_is_written_at_the_next_step_once_the_period_has_passed(tmp_path):
@@ -399,7 +404,7 @@ def test_held_back_progress_is_written_at_the_next_step_once_the_period_has_pass
 
     spec = StudySpec(name="s")
     trial = _Trial("t", dict(spec.search_space.paper_point))
-    on_disk = lambda: {r["trial_id"]: r for r in ResultStore(tmp_path, "s").trials().to_pylist()}["t"]  # noqa: E731
+    on_disk = lambda: _trial_on_disk(tmp_path, "t")  # noqa: E731
     driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
     driver.on_trial_start(0, [], trial)
     driver.on_trial_result(0, [], trial, _result(100, 0.4))
