@@ -114,8 +114,10 @@ class StudySearcher(OptunaSearch):
             # the last intermediate value (the point where ASHA stopped the trial).
             self.on_trial_result(trial_id, result)
         try:
-            internals.optuna_study(self).tell(ot_trials[trial_id], value, state=state)
-        except Exception as err:  # noqa: BLE001 - e.g. a trial told twice after a restore
+            # A trial told before the driver died and restored from an older snapshot runs to its
+            # end again: Optuna keeps the first telling (the same outcome, the run is repeatable).
+            internals.optuna_study(self).tell(ot_trials[trial_id], value, state=state, skip_if_finished=True)
+        except Exception as err:  # noqa: BLE001 - the storage is unreachable, say; the study goes on
             logger.warning("could not record trial %s in Optuna: %s", trial_id, err)
         completed.add(trial_id)
         # Nothing of an ended trial stays in the driver but its id: a long study stays small.

@@ -110,3 +110,35 @@ def test_asha_writes_its_rungs_only_when_a_result_changed_them(tmp_path, monkeyp
     asha.on_trial_result(None, trial, _result(30, 0.7))  # the second rung
     assert len(written) == 2 and '"t0": 0.7' in written[1]
     assert (tmp_path / "rungs.json").read_text() == written[1]
+
+
+def test_a_trial_told_before_the_driver_died_is_not_told_again_after_a_restore(tmp_path, caplog):
+    """Tune's snapshot may predate a trial's end: the restored searcher sees the trial end again.
+    Optuna keeps the first telling; nothing is warned (the rerun is bit-exact, so is its outcome)."""
+    import logging
+
+    import optuna
+
+    from search_spaces import get_space
+    from study.search import make_searcher
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = get_space("default")
+
+    def searcher():
+        return make_searcher(space, optuna.samplers.RandomSampler(seed=0), storage=optuna.storages.RDBStorage(url),
+                             study_name="told", paper_point=False)
+
+    first = searcher()
+    first.suggest("a")
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot, taken while "a" runs
+    ended = {"val_miou": 0.5, "iteration": 90, "max_iterations": 90}
+    first.on_trial_complete("a", ended)
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    with caplog.at_level(logging.WARNING, logger="study.search"):
+        restored.on_trial_complete("a", {**ended, "val_miou": 0.7})
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    (trial,) = optuna.load_study(study_name="told", storage=url).trials
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.5)
