@@ -22,7 +22,7 @@ import optuna
 
 from conftest import LR_BANK_SPACE as SPACE, set_args, study_fixed
 from raw_parts import asha_decisions, bit_differences, raw_rows, repeated, tune_results, uninterrupted
-from study.location import as_location
+from study.location import Location, as_location
 from study.records import RUNNING, stored_config
 from study.run import run_study
 from study.spec import StudySpec, read_study_json
@@ -61,17 +61,26 @@ def _first_rung(rungs: dict | None) -> dict[str, float]:
     return rungs["brackets"][0][-1][1] if rungs else {}  # Ray keeps the highest milestone first
 
 
-def _tunes_snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+def _tunes_snapshot(study: Path | Location) -> dict[str, tuple[str, int]]:
     """Per trial, its status and the iteration of its last result in Tune's last saved experiment
-    state: what a resume restores. An ended trial is not run again; a running one continues from
-    the checkpoint of that result or the one before (Tune registers each before the next result)."""
-    states = sorted((folder / "tune" / folder.name).glob("experiment_state-*.json"))
+    state (in the study's folder or bucket): what a resume restores. An ended trial is not run
+    again; a running one continues from the checkpoint of that result or the one before (Tune
+    registers each before the next result)."""
+    experiment = as_location(study) / "tune" / as_location(study).name
     try:
-        saved = json.loads(states[-1].read_text())["trial_data"] if states else []
+        states = sorted(name for name, is_file in experiment.list() if is_file and name.startswith("experiment_state-"))
+        saved = json.loads((experiment / states[-1]).read_text())["trial_data"] if states else []
         trials = [(json.loads(trial), json.loads(run)) for trial, run in saved]
-    except (OSError, ValueError):  # being written
+    except (OSError, ValueError):  # not there yet, or being written
         return {}
     return {t["trial_id"]: (t["status"], int(run["last_result"].get("iteration", 0))) for t, run in trials}
+
+
+def _unsaved(study: Path | Location) -> set[str]:
+    """Trials running in the trials table but unknown to Tune's last snapshot: started after Tune
+    saved its state (as many as run at once). A resume cannot restore them; it records them lost."""
+    running = {t["trial_id"] for t in raw_rows(study, "trials") if t["status"] == RUNNING}
+    return running - set(_tunes_snapshot(study))
 
 
 def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_local, tmp_path):
@@ -106,10 +115,7 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     written = raw_rows(folder)
     assert written and not repeated(written, "trial_id", "iteration")  # the first run: each report once
     rungs_at_kill = _rungs(folder)
-    # Running in the table but unknown to Tune's last snapshot: started after Tune saved its state
-    # (as many as run at once). The resume cannot restore them; it records them lost.
-    running = {t["trial_id"] for t in raw_rows(folder, "trials") if t["status"] == RUNNING}
-    unsaved = running - set(_tunes_snapshot(folder))
+    unsaved = _unsaved(folder)
 
     run_study(StudySpec(name="resume"), root, resume=True, compact=False, progress=False, say=lambda _: None)
     all_trials, rows = raw_rows(folder, "trials"), raw_rows(folder)
@@ -230,6 +236,7 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
                timeout=180)
     written = raw_rows(study_uri)
     assert written and not repeated(written, "trial_id", "iteration")  # the first run: each report once
+    unsaved = _unsaved(study_uri)
 
     resumed = subprocess.run([sys.executable, "-m", "study", "run", "--resume", "resume", "--dir", root, "--quiet",
                               "--keep-parts"], cwd=second, env=env[second], capture_output=True, text=True, timeout=600)
