@@ -4,12 +4,14 @@ The S3 server is moto's (the test extras, in its own process) on 127.0.0.1, reac
 so the figures are an S3 protocol's overhead without a network's latency. One Ray for both
 studies (started first, so that neither pays its start-up).
 
-    PYTHONPATH=. python benchmarks/storage.py     # 16 trials each, 200 store parts
-    python benchmarks/storage.py --trials 8 --parts 50
+    PYTHONPATH=. python benchmarks/storage.py     # 16 trials each, 3 rounds, 200 store parts
+    python benchmarks/storage.py --trials 8 --rounds 1 --parts 50
 
-Prints a Markdown table: the study's wall time, then the store alone: parts written per
-second (one report row each, as the driver writes them), and whole-table reads per second.
-Then the S3 study's requests by object, counted from moto's request log (the driver's, the
+Prints a Markdown table: the study's wall time (the two studies run by turns, ``--rounds`` times:
+from run to run a study's time moves by 10-20%, so one pair is not enough to see 10%), then the
+store alone: parts written per second (one report row each, as the driver writes them), and
+whole-table reads per second.
+Then the first S3 study's requests by object, counted from moto's request log (the driver's, the
 trials' and Tune's own), so that a change can be measured in requests as well as seconds.
 The log is left in the temp folder (its path is the first line printed).
 """
@@ -21,6 +23,7 @@ import datetime as dt
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +74,7 @@ def store_rates(root: str, parts: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of studies, local then s3")
     parser.add_argument("--parts", type=int, default=200)
     args = parser.parse_args()
 
@@ -95,25 +99,28 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
-        rows, requests = [], Counter()
-        for label, root in roots.items():
-            seen = Path(log.name).stat().st_size
-            wall = study_seconds(root, "bench", args.trials)
-            if root.startswith("s3://"):
-                requests = request_kinds(Path(log.name).read_bytes()[seen:].decode(errors="replace"))
-            written, read = store_rates(root, args.parts)
-            rows.append((label, wall, written, read))
+        walls: dict[str, list[float]] = {label: [] for label in roots}
+        requests: Counter = Counter()
+        for round_ in range(args.rounds):
+            for label, root in roots.items():
+                seen = Path(log.name).stat().st_size
+                walls[label].append(study_seconds(root, f"bench{round_}", args.trials))
+                if root.startswith("s3://") and not requests:
+                    requests = request_kinds(Path(log.name).read_bytes()[seen:].decode(errors="replace"))
+        rows = [(label, walls[label], *store_rates(root, args.parts)) for label, root in roots.items()]
     finally:
         ray.shutdown()
         server.kill()  # the server this script started, by its own handle
         server.wait(timeout=30)
-    base = rows[0][1]
-    print(f"| --dir | study wall s ({args.trials} trials) | overhead | parts written / s | "
+    base = statistics.median(rows[0][1])
+    print(f"| --dir | study wall s ({args.trials} trials), each round | median | overhead | parts written / s | "
           f"table reads / s ({args.parts} parts) |")
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|")
     for label, wall, written, read in rows:
-        print(f"| {label} | {wall:.1f} | {100 * (wall - base) / base:+.1f}% | {written:.0f} | {read:.1f} |")
-    print(f"\nThe S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
+        median = statistics.median(wall)
+        print(f"| {label} | {', '.join(f'{w:.1f}' for w in wall)} | {median:.1f} | {100 * (median - base) / base:+.1f}% "
+              f"| {written:.0f} | {read:.1f} |")
+    print(f"\nThe first S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
     print("| object | requests | by method |")
     print("|---|---:|---|")
     kinds: dict[str, Counter] = {}

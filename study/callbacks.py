@@ -11,6 +11,10 @@ has passed since the last write (checked at every step of Tune's loop, and when 
 ends): on an object store each rewrite is a request, and the progress it holds is in the
 reports already. A driver killed in between leaves a row behind its reports, and the
 driver that resumes takes the progress from them (``_catch_up_with_reports``).
+
+Both writes are done off Tune's loop, in order (study/write_behind.py): ``get_state``, which
+Tune calls at each snapshot of the experiment, waits for them, so a snapshot never names a
+result whose report is not stored.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from study.records import (ERRORED, FINISHED, INTERRUPTED, METRIC, RUNNING, STAT
 from study.location import Location, as_location
 from study.spec import StudySpec
 from study.store import ResultStore
+from study.write_behind import WriteBehind
 
 
 class StoreCallback(Callback):
@@ -42,24 +47,32 @@ class StoreCallback(Callback):
         self._written_at = float("-inf")  # when trials.parquet was last written (monotonic)
         self._unwritten = False  # progress that is not in trials.parquet yet
         self._store: ResultStore | None = None
+        self._writes: WriteBehind | None = None
         self._bar: Any = None
         self._trials: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         # Set by the driver for each run (not pickled): whether Ctrl-C ended it (study/interrupt.py).
         self.ctrl_c: Any = None
 
-    # Tune pickles callbacks with the experiment: leave the open bar, the store and this run's
-    # Ctrl-C behind.
+    # Tune pickles callbacks with the experiment: leave the open bar, the store, the writer's
+    # thread and this run's Ctrl-C behind.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_bar"], state["_store"], state["ctrl_c"] = None, None, None
+        state["_bar"], state["_store"], state["_writes"], state["ctrl_c"] = None, None, None, None
         state["_written_at"] = float("-inf")  # another process's clock
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Defaults first: an experiment pickled before these existed.
         self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "_written_at": float("-inf"),
-                              "_unwritten": False, **state})
+                              "_unwritten": False, "_writes": None, **state})
+
+    @property
+    def writes(self) -> WriteBehind:
+        """The writer of the store's files: ``writes.flush()`` waits until all handed over are written."""
+        if self._writes is None:
+            self._writes = WriteBehind()
+        return self._writes
 
     @property
     def store(self) -> ResultStore:
@@ -101,8 +114,9 @@ class StoreCallback(Callback):
             return
         node = str(result.get("node") or result.get("node_ip") or socket.gethostname())
         time_total_s = float(result.get("time_total_s", 0.0))
-        self.store.append_reports([report_row(self.study, trial.trial_id, result, self._config(trial), node,
-                                              time_total_s)])
+        store, reports = self.store, [report_row(self.study, trial.trial_id, result, self._config(trial), node,
+                                                 time_total_s)]
+        self.writes.submit(object(), lambda: store.append_reports(reports))  # each report a part of its own
         row = self._trial_row(trial)
         status = row.get("status")
         row["node"] = node
@@ -151,10 +165,16 @@ class StoreCallback(Callback):
         if self._unwritten:
             self._write_trials(progress_only=True)
 
+    def get_state(self) -> None:
+        # Tune snapshots the experiment: what it names must be stored first (nothing else to save).
+        self.writes.flush()
+
     def flush(self) -> None:
-        """Write progress held back, if any: the driver calls it when ``fit`` ends, however it ends."""
+        """Write progress held back, if any, and wait for every write: the driver calls it when
+        ``fit`` ends, however it ends."""
         if self._unwritten:
             self._write_trials()
+        self.writes.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials that Tune ended without a completion event: cut by Ctrl-C (Tune saved them, and
@@ -202,7 +222,8 @@ class StoreCallback(Callback):
         if progress_only and now - self._written_at < self.progress_every_s:
             self._unwritten = True
             return
-        self.store.write_trials(list(self._trials.values()))
+        store, rows = self.store, [dict(row) for row in self._trials.values()]  # as they are now
+        self.writes.submit("trials", lambda: store.write_trials(rows))
         self._written_at, self._unwritten = now, False
 
     def counts(self) -> dict[str, int]:

@@ -12,12 +12,19 @@ format at Tune's path, so that Tune's tools (``ExperimentAnalysis``, ``ResultGri
 as before. A driver that resumes appends to what the killed one wrote. Rewriting the file whole
 costs bytes that grow with a trial's results, as Tune's own upload of it at every snapshot did;
 in requests it costs one per result instead of three files per trial per snapshot.
+
+Tune also keeps an empty folder per trial in its staging area, for error files, and its upload
+of that area at every snapshot looks each folder up in the bucket (three requests a folder).
+An ended trial's empty folder is removed, so a snapshot costs requests for the running trials
+only, not for every trial ever started. The files are written off Tune's loop
+(study/write_behind.py), flushed at each snapshot and at the end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from study.location import Location, as_location
+from study.write_behind import WriteBehind
 from trainer.config import first_line
 
 logger = logging.getLogger(__name__)
@@ -41,32 +49,55 @@ class ResultLog(Callback):
     def __init__(self, experiment: "Location | Path") -> None:
         self.experiment = as_location(experiment)
         self._lines: dict[str, list[str]] = {}  # trial id -> its result lines, while it runs
+        self._resumed = False  # a study this driver started has no lines stored to look for
+        self._swept = False
+        self._writes = WriteBehind()
 
-    # Tune pickles callbacks with the experiment: a resumed driver reads the lines back from the files.
+    # Tune pickles callbacks with the experiment, and a resumed driver unpickles them: it reads the
+    # lines back from the files, and sweeps the staging folders Tune makes again for ended trials.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_lines": {}}
+        return {"experiment": self.experiment}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["experiment"])
+        self._resumed = True
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._swept:
+            self._swept = True
+            for trial in trials:
+                if trial.status == "TERMINATED":
+                    _remove_if_empty(trial.local_path)
+
+    def flush(self) -> None:
+        """Wait until every file handed over is written."""
+        self._writes.flush()
+
+    def get_state(self) -> None:
+        self.flush()  # Tune snapshots the experiment (there is nothing else to save)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        folder = self._folder(trial)
-        (folder / PARAMS_FILE).write_text(json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder))
-        (folder / PARAMS_PICKLE).write_bytes(cloudpickle.dumps(trial.config))
+        params, pickled = self._folder(trial) / PARAMS_FILE, self._folder(trial) / PARAMS_PICKLE
+        text = json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        data = cloudpickle.dumps(trial.config)
+        self._writes.submit(params.uri, lambda: params.write_text(text))
+        self._writes.submit(pickled.uri, lambda: pickled.write_bytes(data))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         lines = self._lines.get(trial.trial_id)
         if lines is None:  # the trial's first result in this driver: a resumed one has lines already
             lines = self._lines[trial.trial_id] = self._stored_lines(trial)
         lines.append(json.dumps(result, cls=SafeFallbackEncoder))
-        try:
-            (self._folder(trial) / RESULTS_FILE).write_text("\n".join(lines) + "\n")
-        except (OSError, pa.ArrowException) as err:
-            # Tune's log, not the study's record (that is the Parquet store): a failed write must not
-            # end the study, and the next result writes every line again, this one included.
-            logger.warning("could not write %s of trial %s (%s); the next result writes it again",
-                           RESULTS_FILE, trial.trial_id, first_line(err))
+        stored, text = self._folder(trial) / RESULTS_FILE, "\n".join(lines) + "\n"
+        self._writes.submit(stored.uri, lambda: _write_results(stored, text, trial.trial_id))
 
     # The file holds every line: nothing of an ended trial stays in the driver.
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._lines.pop(trial.trial_id, None)
+        _remove_if_empty(trial.local_path)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._lines.pop(trial.trial_id, None)
@@ -76,6 +107,25 @@ class ResultLog(Callback):
 
     def _stored_lines(self, trial: Any) -> list[str]:
         stored = self._folder(trial) / RESULTS_FILE
-        if not stored.exists():
+        if not self._resumed or not stored.exists():
             return []
         return [line for line in stored.read_text().splitlines() if line.strip()]
+
+
+def _write_results(stored: Location, text: str, trial_id: str) -> None:
+    try:
+        stored.write_text(text)
+    except (OSError, pa.ArrowException) as err:
+        # Tune's log, not the study's record (that is the Parquet store): a failed write must not
+        # end the study, and the next result writes every line again, this one included.
+        logger.warning("could not write %s of trial %s (%s); the next result writes it again",
+                       RESULTS_FILE, trial_id, first_line(err))
+
+
+def _remove_if_empty(staging: str | None) -> None:
+    """Remove a trial's staging folder if nothing is in it (an errored trial's holds its error files)."""
+    if staging:
+        try:
+            os.rmdir(staging)
+        except OSError:  # not empty, or gone already
+            pass

@@ -376,8 +376,8 @@ def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_ki
 
     spec = StudySpec(name="s")
     trial = _Trial("t", dict(spec.search_space.paper_point))
-    on_disk = lambda: _trial_on_disk(tmp_path, "t")  # noqa: E731
     driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
+    on_disk = lambda: (driver.writes.flush(), _trial_on_disk(tmp_path, "t"))[1]  # noqa: E731 - once written
     driver.on_trial_start(0, [], trial)
     assert on_disk()["status"] == "running"
     for iteration, miou in ((100, 0.4), (200, 0.6), (300, 0.5)):
@@ -394,6 +394,7 @@ def test_progress_alone_rewrites_the_trials_table_at_most_once_a_period_and_a_ki
     eager = StoreCallback(tmp_path / "eager", spec, show_progress=False, progress_every_s=0)
     for iteration in (100, 200):
         eager.on_trial_result(0, [], trial, _result(iteration, 0.5))
+    eager.writes.flush()
     assert _trial_on_disk(tmp_path / "eager", "t")["iterations"] == 200
 
 
@@ -404,8 +405,8 @@ def test_held_back_progress_is_written_at_the_next_step_once_the_period_has_pass
 
     spec = StudySpec(name="s")
     trial = _Trial("t", dict(spec.search_space.paper_point))
-    on_disk = lambda: _trial_on_disk(tmp_path, "t")  # noqa: E731
     driver = StoreCallback(tmp_path, spec, show_progress=False, progress_every_s=3600)
+    on_disk = lambda: (driver.writes.flush(), _trial_on_disk(tmp_path, "t"))[1]  # noqa: E731 - once written
     driver.on_trial_start(0, [], trial)
     driver.on_trial_result(0, [], trial, _result(100, 0.4))
     driver.on_step_end(0, [])  # within the period: still held back
@@ -415,4 +416,5 @@ def test_held_back_progress_is_written_at_the_next_step_once_the_period_has_pass
     assert (on_disk()["iterations"], on_disk()["best_val_miou"]) == (100, 0.4)
     written = (tmp_path / "results" / "trials" / "trials.parquet").stat().st_ino  # a rewrite renames a new file in
     driver.on_step_end(0, [])  # nothing held back: nothing written
+    driver.writes.flush()
     assert (tmp_path / "results" / "trials" / "trials.parquet").stat().st_ino == written

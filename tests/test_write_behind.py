@@ -1,0 +1,56 @@
+"""The driver's writes off Tune's loop: in order, the latest of a key, errors raised on the driver's
+thread, and a snapshot of the experiment that waits for the reports it names."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from study.write_behind import WriteBehind
+
+
+def test_writes_are_done_in_order_and_a_waiting_key_takes_its_latest_write():
+    writes, done, started, release = WriteBehind(), [], threading.Event(), threading.Event()
+    writes.submit("first", lambda: (started.set(), release.wait(10), done.append("first")))
+    started.wait(10)  # the thread is busy: what follows waits
+    writes.submit("trials", lambda: done.append("trials v1"))
+    writes.submit("report", lambda: done.append("report"))
+    writes.submit("trials", lambda: done.append("trials v2"))  # in v1's place, v1 never written
+    release.set()
+    writes.flush()
+    assert done == ["first", "trials v2", "report"]
+
+
+def test_a_failed_write_is_raised_on_the_next_call_and_the_writes_after_it_are_done():
+    writes, done = WriteBehind(), []
+
+    def refused():
+        raise OSError("the bucket refused")
+
+    writes.submit("a", refused)
+    writes.submit("b", lambda: done.append("b"))
+    with pytest.raises(OSError, match="the bucket refused"):
+        writes.flush()
+    assert done == ["b"]
+    writes.flush()  # raised once
+
+
+def test_tunes_snapshot_waits_for_the_reports_handed_over_before_it(tmp_path, monkeypatch):
+    """``get_state`` runs before Tune uploads its snapshot: a resume from that snapshot must find
+    every report of the results it names already stored."""
+    from study.callbacks import StoreCallback
+    from study.spec import StudySpec
+    from study.store import ResultStore
+    from test_store import _result, _Trial
+
+    real_append = ResultStore.append_reports
+    monkeypatch.setattr(ResultStore, "append_reports", lambda self, rows: (time.sleep(0.3), real_append(self, rows))[1])
+    spec = StudySpec(name="s")
+    trial = _Trial("t", dict(spec.search_space.paper_point))
+    driver = StoreCallback(tmp_path, spec, show_progress=False)
+    driver.on_trial_start(0, [], trial)
+    driver.on_trial_result(0, [], trial, _result(100, 0.4))
+    assert driver.get_state() is None  # nothing of its own to save
+    assert ResultStore(tmp_path, "s").reports().column("iteration").to_pylist() == [100]
