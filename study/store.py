@@ -25,7 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +37,7 @@ from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNI
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
-REMOTE_READERS = 16  # footers read at once from an object store
+REMOTE_READERS = 16  # parts read at once from an object store
 
 
 class StoreError(ValueError):
@@ -71,11 +71,13 @@ def _data_files(folder: Location) -> list[Location]:
     return files
 
 
-def _checked_schema(path: Location, table: Table) -> pa.Schema:
-    """The schema of one part, once it is known to be ours; else StoreError saying what to do."""
+def _checked_schema(path: Location, table: Table, data: pa.Buffer | None = None) -> pa.Schema:
+    """The schema of one part (read from ``data``, its bytes, if given), once it is known to be
+    ours; else StoreError saying what to do."""
     move = f"move it out of {path.parent} (every reader of the folder reads every file in it)"
     try:
-        schema = pq.read_schema(path.fs_path, filesystem=path.fs)
+        schema = (pq.read_schema(pa.BufferReader(data)) if data is not None
+                  else pq.read_schema(path.fs_path, filesystem=path.fs))
     except (pa.ArrowException, OSError) as err:
         raise StoreError(f"{path} is not a readable Parquet file ({err}); {move}") from None
     metadata = schema.metadata or {}
@@ -124,33 +126,48 @@ def _unified(schemas: list[pa.Schema], table: Table, folder: Location) -> pa.Sch
                          f"`pyarrow.parquet.read_schema` and move it out of {folder}") from None
 
 
-def _parts(folder: Location, table: Table) -> tuple[list[Location], pa.Schema]:
+class _Parts(NamedTuple):
+    """The part files of a folder, the schema that unifies them, and, from an object store,
+    each part's bytes (read once: opening a part there costs a round trip or two each time)."""
+    paths: list[Location]
+    schema: pa.Schema
+    data: list[pa.Buffer] | None
+
+
+def _parts(folder: Location, table: Table) -> _Parts:
     """The part files of ``folder``, each checked to be ours, and the schema that unifies them."""
     paths = _data_files(folder)
-
-    def check(path: Location) -> pa.Schema:
-        return _checked_schema(path, table)
-
     if folder.local or len(paths) < 2:
-        schemas = [check(path) for path in paths]
-    else:
-        # On an object store each footer is a round trip or two: ask for them side by side (pyarrow
-        # lets go of the GIL while it waits), in the parts' order, the first bad part raising.
-        with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
-            schemas = list(pool.map(check, paths))
-    return paths, _unified(schemas, table, folder)
+        return _Parts(paths, _unified([_checked_schema(path, table) for path in paths], table, folder), None)
+
+    def fetch(path: Location) -> pa.Buffer:
+        try:
+            return pa.py_buffer(path.read_bytes())
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"{path} cannot be read ({err}); check that the object store answers, "
+                             f"or move it out of {folder}") from None
+
+    # Parts are small (rows of scores): each is fetched whole, side by side (pyarrow lets go of the
+    # GIL while it waits), in the parts' order, and then checked and read from memory.
+    with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
+        data = list(pool.map(fetch, paths))
+    schemas = [_checked_schema(path, table, part) for path, part in zip(paths, data)]
+    return _Parts(paths, _unified(schemas, table, folder), data)
 
 
 def read_table(folder: "Location | Path", table: Table, columns: list[str] | None = None) -> pa.Table:
     """Every part of ``folder`` as one table of the unified schema, the first row of each key kept."""
     folder = as_location(folder)
-    return _read(*_parts(folder, table), table, folder, columns)
+    return _read(_parts(folder, table), table, folder, columns)
 
 
-def _read(paths: list[Location], schema: pa.Schema, table: Table, folder: Location,
-          columns: list[str] | None = None) -> pa.Table:
+def _read(parts: _Parts, table: Table, folder: Location, columns: list[str] | None = None) -> pa.Table:
+    paths, schema = parts.paths, parts.schema
     if not paths:
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    if parts.data is not None:
+        rows = pa.concat_tables([_conformed(path, part, schema, folder) for path, part in zip(paths, parts.data)])
+        return first_of_each_key(rows if columns is None else rows.select(columns), list(table.key))
     try:
         # An explicit schema: a config column that a part lacks reads as null.
         rows = pads.dataset([p.fs_path for p in paths], schema=schema, format="parquet",
@@ -159,6 +176,18 @@ def _read(paths: list[Location], schema: pa.Schema, table: Table, folder: Locati
         damaged = next((p for p in paths if not _readable(p)), folder)
         raise StoreError(f"{damaged} is damaged ({err}); move it out of {folder}") from None
     return first_of_each_key(rows, list(table.key))
+
+
+def _conformed(path: Location, data: pa.Buffer, schema: pa.Schema, folder: Location) -> pa.Table:
+    """One part read from its bytes, in the unified schema, as the dataset reader gives it locally:
+    a column the part lacks is null, a narrower type is cast."""
+    try:
+        part = pq.read_table(pa.BufferReader(data))
+        columns = [part.column(f.name).cast(f.type) if f.name in part.column_names else pa.nulls(len(part), f.type)
+                   for f in schema]
+    except (pa.ArrowException, OSError) as err:
+        raise StoreError(f"{path} is damaged ({err}); move it out of {folder}") from None
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _readable(path: Location) -> bool:
@@ -209,8 +238,9 @@ class ResultStore:
 
     def _stored_keys(self) -> set[tuple[str, int]]:
         if self._keys is None:
-            paths, self._schema = _parts(self.reports_dir, REPORTS)
-            keys = _read(paths, self._schema, REPORTS, self.reports_dir, list(REPORTS.key))
+            parts = _parts(self.reports_dir, REPORTS)
+            self._schema = parts.schema
+            keys = _read(parts, REPORTS, self.reports_dir, list(REPORTS.key))
             self._keys = set(zip(keys.column("trial_id").to_pylist(), keys.column("iteration").to_pylist()))
         return self._keys
 
@@ -248,10 +278,11 @@ class ResultStore:
         crash in between leaves duplicates (which readers drop and the next compaction
         removes), never a loss; only the parts read are removed.
         """
-        paths, schema = _parts(self.reports_dir, REPORTS)
+        parts = _parts(self.reports_dir, REPORTS)
+        paths = parts.paths
         if len(paths) < 2:
             return 0
-        merged = _read(paths, schema, REPORTS, self.reports_dir)
+        merged = _read(parts, REPORTS, self.reports_dir)
         merged_part = self.reports_dir / _part_name()
         write_part(merged, merged_part)
         # The parts listed above, never a fresh listing: a part written meanwhile is not in `merged`.

@@ -172,7 +172,7 @@ def _restored_trials_report_as_an_uninterrupted_run(logged: dict[str, list[dict]
 
 
 def _each_trial_once_and_optuna_agrees(all_trials: list[dict], rows: list[dict], study: optuna.Study,
-                                       unsaved: set[str]) -> None:
+                                       unsaved: set[str], optuna_from_snapshot: bool = False) -> None:
     # A trial started after Tune's last snapshot is recorded as lost, and its place sampled again.
     lost = [t for t in all_trials if "driver died" in (t["stop_reason"] or "")]
     trials = [t for t in all_trials if t not in lost]
@@ -197,9 +197,13 @@ def _each_trial_once_and_optuna_agrees(all_trials: list[dict], rows: list[dict],
             assert match[0].value == t["last_val_miou"]
         unmatched.remove(match[0])
     # A lost trial is failed in Optuna (so constant liar stops counting it); a trial asked for
-    # but never started before the kill is failed too, and has no Parquet row.
-    failed = [o.params for o in study.trials if o.state == optuna.trial.TrialState.FAIL]
-    assert all(json.loads(t["params"]) in failed for t in lost)
+    # but never started before the kill is failed too, and has no Parquet row. A driver that
+    # resumes from the bucket starts from Optuna's snapshot, saved with Tune's: a trial asked for
+    # after it is not there at all (the seeded sampler may ask for its params again, for the trial
+    # in its place), and the count of told trials above is the check.
+    if not optuna_from_snapshot:
+        failed = [o.params for o in study.trials if o.state == optuna.trial.TrialState.FAIL]
+        assert all(json.loads(t["params"]) in failed for t in lost)
 
 
 def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_local, s3_server, tmp_path):
@@ -249,4 +253,4 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
     snapshot = tmp_path / "optuna.db"
     snapshot.write_bytes(fs.open_input_stream("killed/studies/resume/optuna.db").read())
     study = optuna.load_study(study_name=spec["study_id"], storage=f"sqlite:///{snapshot}")
-    _each_trial_once_and_optuna_agrees(all_trials, rows, study, unsaved)
+    _each_trial_once_and_optuna_agrees(all_trials, rows, study, unsaved, optuna_from_snapshot=True)
