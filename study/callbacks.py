@@ -1,9 +1,10 @@
 """The driver's view of a running study: every report into Parquet, and a progress line.
 
 ``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports
-are written as they arrive (one atomic part each, compacted at the end), so a killed
-driver loses nothing that Tune had already received; the store drops any (trial,
-iteration) it holds already, so a resumed driver never writes a row twice.
+are written as they arrive (one atomic part each, compacted at the end), and all of them are
+stored before Tune saves the snapshot that a resume starts from, so a killed driver loses
+nothing that the resumed trials do not report again; the store drops any (trial, iteration)
+it holds already, so a resumed driver never writes a row twice.
 
 The trials table is rewritten at once when a trial's status changes (started, ended,
 errored, retried), and for progress alone (iterations, scores) once ``progress_every_s``
@@ -12,9 +13,8 @@ ends): on an object store each rewrite is a request, and the progress it holds i
 reports already. A driver killed in between leaves a row behind its reports, and the
 driver that resumes takes the progress from them (``_catch_up_with_reports``).
 
-Both writes are done off Tune's loop, in order (study/write_behind.py): ``get_state``, which
-Tune calls at each snapshot of the experiment, waits for them, so a snapshot never names a
-result whose report is not stored.
+Both writes are done off Tune's loop, in order (study/write_behind.py); ``get_state``, which
+Tune calls at each snapshot of the experiment, waits for them.
 """
 
 from __future__ import annotations
