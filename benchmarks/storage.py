@@ -41,15 +41,20 @@ TINY = {"image_size": 32, "digits_scenes": 64, "digits_eval_scenes": 16, "batch_
         "bank_size": 16, "labeled_fraction": 0.25}
 
 
-def study_seconds(root: str, name: str, trials: int) -> float:
+def study_seconds(root: str, name: str, trials: int) -> tuple[float, int]:
+    """The study's wall seconds, and the iterations its trials trained (ASHA stops trials by the
+    order in which they reach a rung, so two runs of one seeded study may train different totals)."""
+    from study.location import parse
     from study.run import run_study
     from study.spec import StudySpec
+    from study.store import ResultStore
 
     spec = StudySpec(name=name, space="contrastive", samples=trials, max_iters=12, grace=3, reduction=2.0,
                      concurrency=2, fixed=dict(TINY), seed=0)
     started = time.monotonic()
     run_study(spec, root, progress=False, say=lambda _: None)
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    return wall, sum(ResultStore(parse(root) / name, name).trials().column("iterations").to_pylist())
 
 
 def store_rates(root: str, parts: int) -> tuple[float, float]:
@@ -99,7 +104,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
-        walls: dict[str, list[float]] = {label: [] for label in roots}
+        walls: dict[str, list[tuple[float, int]]] = {label: [] for label in roots}
         requests: Counter = Counter()
         for round_ in range(args.rounds):
             for label, root in roots.items():
@@ -112,13 +117,18 @@ def main() -> None:
         ray.shutdown()
         server.kill()  # the server this script started, by its own handle
         server.wait(timeout=30)
-    base = statistics.median(rows[0][1])
-    print(f"| --dir | study wall s ({args.trials} trials), each round | median | overhead | parts written / s | "
-          f"table reads / s ({args.parts} parts) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, wall, written, read in rows:
-        median = statistics.median(wall)
-        print(f"| {label} | {', '.join(f'{w:.1f}' for w in wall)} | {median:.1f} | {100 * (median - base) / base:+.1f}% "
+    def per_100(runs: list[tuple[float, int]]) -> float:
+        return statistics.median(100 * wall / iterations for wall, iterations in runs)
+
+    base = statistics.median(wall for wall, _ in rows[0][1])
+    base_100 = per_100(rows[0][1])
+    print(f"| --dir | study wall s ({args.trials} trials), each round (iterations trained) | median | overhead | "
+          f"s per 100 iterations, median | overhead | parts written / s | table reads / s ({args.parts} parts) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, runs, written, read in rows:
+        median, median_100 = statistics.median(wall for wall, _ in runs), per_100(runs)
+        print(f"| {label} | {', '.join(f'{w:.1f} ({n})' for w, n in runs)} | {median:.1f} | "
+              f"{100 * (median - base) / base:+.1f}% | {median_100:.2f} | {100 * (median_100 - base_100) / base_100:+.1f}% "
               f"| {written:.0f} | {read:.1f} |")
     print(f"\nThe first S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
     print("| object | requests | by method |")
