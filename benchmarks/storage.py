@@ -104,15 +104,15 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
-        walls: dict[str, list[tuple[float, int]]] = {label: [] for label in roots}
+        runs: dict[str, list[tuple[float, int]]] = {label: [] for label in roots}  # (wall s, iterations)
         requests: Counter = Counter()
         for round_ in range(args.rounds):
             for label, root in roots.items():
                 seen = Path(log.name).stat().st_size
-                walls[label].append(study_seconds(root, f"bench{round_}", args.trials))
+                runs[label].append(study_seconds(root, f"bench{round_}", args.trials))
                 if root.startswith("s3://") and not requests:
                     requests = request_kinds(Path(log.name).read_bytes()[seen:].decode(errors="replace"))
-        rows = [(label, walls[label], *store_rates(root, args.parts)) for label, root in roots.items()]
+        rows = [(label, runs[label], *store_rates(root, args.parts)) for label, root in roots.items()]
     finally:
         ray.shutdown()
         server.kill()  # the server this script started, by its own handle

@@ -80,7 +80,8 @@ class ResultLog(Callback):
         self.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        params, pickled = self._folder(trial) / PARAMS_FILE, self._folder(trial) / PARAMS_PICKLE
+        folder = self._folder(trial)
+        params, pickled = folder / PARAMS_FILE, folder / PARAMS_PICKLE
         text = json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
         data = cloudpickle.dumps(trial.config)
         self._writes.submit(params.uri, lambda: params.write_text(text))

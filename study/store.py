@@ -165,34 +165,28 @@ def _read(parts: _Parts, table: Table, folder: Location, columns: list[str] | No
     paths, schema = parts.paths, parts.schema
     if not paths:
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-    if parts.data is not None:
-        rows = pa.concat_tables([_conformed(path, part, schema, folder) for path, part in zip(paths, parts.data)])
-        return first_of_each_key(rows if columns is None else rows.select(columns), list(table.key))
+    data = parts.data or [None] * len(paths)
+    parquet = pads.ParquetFileFormat()
     try:
-        # An explicit schema: a config column that a part lacks reads as null.
-        rows = pads.dataset([p.fs_path for p in paths], schema=schema, format="parquet",
-                            filesystem=folder.fs).to_table(columns=columns)
+        # An explicit schema: a config column that a part lacks reads as null. Parts fetched
+        # already are read from memory, by the same reader.
+        if parts.data is None:
+            dataset = pads.dataset([p.fs_path for p in paths], schema=schema, format=parquet, filesystem=folder.fs)
+        else:
+            dataset = pads.FileSystemDataset([parquet.make_fragment(pa.BufferReader(d)) for d in data], schema, parquet)
+        rows = dataset.to_table(columns=columns)
     except (pa.ArrowException, OSError) as err:
-        damaged = next((p for p in paths if not _readable(p)), folder)
+        damaged = next((p for p, d in zip(paths, data) if not _readable(p, d)), folder)
         raise StoreError(f"{damaged} is damaged ({err}); move it out of {folder}") from None
     return first_of_each_key(rows, list(table.key))
 
 
-def _conformed(path: Location, data: pa.Buffer, schema: pa.Schema, folder: Location) -> pa.Table:
-    """One part read from its bytes, in the unified schema, as the dataset reader gives it locally:
-    a column the part lacks is null, a narrower type is cast."""
+def _readable(path: Location, data: pa.Buffer | None = None) -> bool:
     try:
-        part = pq.read_table(pa.BufferReader(data))
-        columns = [part.column(f.name).cast(f.type) if f.name in part.column_names else pa.nulls(len(part), f.type)
-                   for f in schema]
-    except (pa.ArrowException, OSError) as err:
-        raise StoreError(f"{path} is damaged ({err}); move it out of {folder}") from None
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _readable(path: Location) -> bool:
-    try:
-        pq.read_table(path.fs_path, filesystem=path.fs)
+        if data is None:
+            pq.read_table(path.fs_path, filesystem=path.fs)
+        else:
+            pq.read_table(pa.BufferReader(data))
         return True
     except (pa.ArrowException, OSError):
         return False

@@ -126,3 +126,23 @@ def _parts(study: Location) -> list[str]:
     """The names of the report part files (what a dataset reader reads)."""
     return sorted(name for name, is_file in (study / "results" / "reports").list()
                   if is_file and not name.startswith((".", "_")))
+
+
+def test_parts_of_different_config_columns_read_from_s3_as_from_a_folder(s3_server, tmp_path):
+    """Remote parts are fetched whole and read from memory: the same rows, types and nulls as the
+    dataset reader gives for the same parts in a local folder, a bool-then-string switch included."""
+    _, make_bucket = s3_server
+    remote = ResultStore(as_location(make_bucket("mixed-configs")) / "s", "s")
+    local = ResultStore(tmp_path, "s")
+    configs = [{"lr": 0.01, "amp": False}, {"lr": 1, "amp": "auto", "temperature": 0.2}, {"lr": 0.1, "amp": True}]
+    rows = []
+    for trial, config in zip("abc", configs):
+        row = {k: v for k, v in _row(trial, 3).items() if not k.startswith("config.")}
+        rows.append({**row, "iou": [0.9, 0.5, 0.1], **{f"config.{k}": v for k, v in config.items()}})  # no NaN: == holds
+    for store in (remote, local):
+        for row in rows:
+            store.append_reports([row])
+    remote_table, local_table = (ResultStore(s.study_dir, "s").reports() for s in (remote, local))
+    assert remote_table.schema == local_table.schema
+    assert remote_table.to_pylist() == local_table.to_pylist()
+    assert {r["trial_id"]: r["config.amp"] for r in remote_table.to_pylist()} == {"a": "false", "b": "auto", "c": "true"}
