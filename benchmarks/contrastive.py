@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import statistics
 import sys
@@ -185,6 +186,8 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
     official_leaf = z.clone().requires_grad_()
     features, memory = ClassSelectors(CLASSES, DIM), ClassSelectors(CLASSES, DIM)
     official = _official_heads(features, memory)
+    # The same weights with bf16 products, as the trainer's selectors run on the bf16 fast path (amp).
+    features_bf16, memory_bf16 = (_with_bf16_products(selectors) for selectors in (features, memory))
     official_bank = [bank[c].numpy().copy() for c in range(CLASSES)]  # its bank: a list of arrays
 
     def official_term() -> None:
@@ -211,7 +214,16 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
     _check_same_loss(features, official, leaf, classes, bank, valid, official_bank, losses_module)
     return {"official term": official_term, "project term": _whole_term(features, memory, leaf, classes, bank, valid),
             "project term, compiled": _whole_term(features, memory, leaf, classes, bank, valid, build_term(True)),
+            "project term, bf16": _whole_term(features_bf16, memory_bf16, leaf, classes, bank, valid),
+            "project term, bf16, compiled": _whole_term(features_bf16, memory_bf16, leaf, classes, bank, valid,
+                                                        build_term(True)),
             "official update": official_update, "project update": _update(teacher, project_memory, z, classes)}
+
+
+def _with_bf16_products(selectors: ClassSelectors) -> ClassSelectors:
+    twin = copy.deepcopy(selectors)
+    twin.product_dtype = torch.bfloat16
+    return twin
 
 
 def _check_same_loss(features: ClassSelectors, official: nn.Module, z: torch.Tensor, classes: torch.Tensor,
@@ -230,6 +242,9 @@ def _check_same_loss(features: ClassSelectors, official: nn.Module, z: torch.Ten
 # (official timing, this project's, the row's label) of the side-by-side table
 SIDE_BY_SIDE_ROWS = (("official term", "project term", "whole term (both selectors + loss, fwd + bwd)"),
                      ("official term", "project term, compiled", "whole term, compiled (`compile=true`)"),
+                     ("official term", "project term, bf16", "whole term, bf16 products (`amp=true`)"),
+                     ("official term", "project term, bf16, compiled",
+                      "whole term, bf16 products, compiled (`amp=true compile=true`)"),
                      ("official update", "project update", "bank update (rank + write)"))
 
 
@@ -241,9 +256,10 @@ def _compare_with_official(path: str, repeats: int, threads: int) -> None:
             fns[(capacity, name)] = fn
     compile_s = {}
     for capacity in (256, 2048):  # the first call compiles (the second size mostly reuses the first's kernels)
-        started = time.perf_counter()
-        fns[(capacity, "project term, compiled")]()
-        compile_s[capacity] = time.perf_counter() - started
+        for name in ("project term, compiled", "project term, bf16, compiled"):
+            started = time.perf_counter()
+            fns[(capacity, name)]()
+            compile_s[(capacity, name)] = time.perf_counter() - started
     ms = _median_ms(fns, repeats)  # type: ignore[arg-type]
     print(f"VOC scale: {PIXELS:,} pixels, {CLASSES} classes, {DIM}-d, {threads} threads; median ms of "
           f"{repeats} interleaved runs; official code from {path}\n")
@@ -253,8 +269,9 @@ def _compare_with_official(path: str, repeats: int, threads: int) -> None:
         for official, ours, label in SIDE_BY_SIDE_ROWS:
             a, b = ms[(capacity, official)], ms[(capacity, ours)]
             print(f"| {label}, bank {capacity} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
-    print("\nthe compiled term's first call (compiling it): "
-          + ", ".join(f"{seconds:.1f} s at bank {capacity}" for capacity, seconds in compile_s.items()))
+    print("\nthe compiled terms' first calls (compiling them): "
+          + ", ".join(f"{seconds:.1f} s for the {name.removeprefix('project term, ')} at bank {capacity}"
+                      for (capacity, name), seconds in compile_s.items()))
 
 
 def main() -> None:

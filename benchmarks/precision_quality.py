@@ -9,6 +9,7 @@ appended to a JSON-lines file at once, so an interrupted run resumes where it st
     python benchmarks/precision_quality.py                 # 2 configs x 3 seeds x 2 precisions
     python benchmarks/precision_quality.py --shard 1/2     # every second run: two processes share the work
     python benchmarks/precision_quality.py --table         # the paired table from what is stored
+    python benchmarks/precision_quality.py --results F     # another file of runs (another version of the code)
 
 A difference larger than the seed spread is a finding, whichever way it goes.
 """
@@ -54,15 +55,15 @@ def plan(seeds: list[int]) -> list[tuple[str, int, str]]:
     return [(name, seed, precision) for name in configs() for seed in seeds for precision in PRECISIONS]
 
 
-def stored() -> dict[tuple[str, int, str], dict[str, Any]]:
-    if not RESULTS.is_file():
+def stored(results: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
+    if not results.is_file():
         return {}
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     return {(r["config"], r["seed"], r["precision"]): r for r in rows}
 
 
-def run(seeds: list[int], shard: tuple[int, int]) -> None:
-    done, cfgs = stored(), configs()
+def run(seeds: list[int], shard: tuple[int, int], results: Path) -> None:
+    done, cfgs = stored(results), configs()
     todo = [key for i, key in enumerate(plan(seeds)) if i % shard[1] == shard[0] - 1 and key not in done]
     for name, seed, precision in todo:
         cfg = cfgs[name].replace(seed=seed, amp=PRECISIONS[precision])
@@ -70,14 +71,14 @@ def run(seeds: list[int], shard: tuple[int, int]) -> None:
         row = {"config": name, "seed": seed, "precision": precision, "val_miou": result.val_miou,
                "test_miou": result.test_miou, "seconds_per_iteration": result.train_seconds / cfg.iterations,
                "iterations": cfg.iterations}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as out:  # one line per finished run: a kill loses only the run in progress
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("a") as out:  # one line per finished run: a kill loses only the run in progress
             out.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
 
-def table(seeds: list[int]) -> str:
-    done = stored()
+def table(seeds: list[int], results: Path) -> str:
+    done = stored(results)
     lines = ["| config | split | fp32 | bf16 | bf16 - fp32 (paired) | seeds | fp32 s/it | bf16 s/it |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in configs():
@@ -104,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--shard", default="1/1", help="K/N: every N-th run of the plan, from the K-th")
     parser.add_argument("--table", action="store_true", help="print the table of stored runs and exit")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"the JSON-lines file of runs (default {RESULTS.relative_to(HERE.parent)}): "
+                             "one per version of the code compared")
     args = parser.parse_args(argv)
     if not args.table:
         k, n = (int(x) for x in args.shard.split("/"))
-        run(args.seeds, (k, n))
-    print(table(args.seeds))
+        run(args.seeds, (k, n), args.results)
+    print(table(args.seeds, args.results))
     return 0
 
 

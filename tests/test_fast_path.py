@@ -81,6 +81,9 @@ def test_the_trainer_builds_its_networks_on_the_path_it_chose(monkeypatch):
         assert trainer.fast_path.bf16 is bf16 and trainer.fast_path.channels_last is bf16
         conv = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) is bf16
+        for net in (trainer.student, trainer.teacher):  # the selectors' first-layer products follow
+            for selectors in (net.feature_selectors, net.memory_selectors):
+                assert selectors.product_dtype == (torch.bfloat16 if bf16 else None)
         seen = []
         hook = trainer.student.backbone.register_forward_hook(lambda m, i, out: seen.append(out[1].dtype))
         trainer.run()

@@ -1,5 +1,7 @@
 """Batched class selectors equal C separate MLPs (the official code's layout)."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -189,3 +191,41 @@ def test_scoring_a_subset_by_rows_equals_scoring_it_copied_out(monkeypatch):
         assert torch.allclose(selectors.score_pixels(x, classes[rows], rows), expected, atol=1e-12)
         assert torch.allclose(selectors.score_pixels(x, classes, slice(None)), selectors.score_pixels(x, classes),
                               atol=1e-12)
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm())
+
+
+def test_bf16_products_round_the_first_layer_only_by_bf16s_precision():
+    # product_dtype=bfloat16: the first layer's products take bf16 inputs, so scores and gradients
+    # move from float32's by about bf16's rounding (2^-8), no more, and everything stays float32.
+    torch.manual_seed(4)
+    exact = ClassSelectors(num_classes=3, dim=32)
+    fast = copy.deepcopy(exact)
+    fast.product_dtype = torch.bfloat16
+    x = torch.randn(300, 32)
+    classes = torch.randint(0, 3, (300,))
+    bank = torch.randn(3, 20, 32)
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    valid[2, 12:] = False
+    row_weights, slot_weights = torch.randn(300), torch.randn(3, 20) * valid
+    for training in (True, False):
+        scores = {}
+        for name, selectors in (("exact", exact), ("fast", fast)):
+            selectors.train(training).zero_grad(set_to_none=True)
+            pixels, slots = selectors.score_pixels(x, classes), selectors.score_bank(bank, valid)
+            ((pixels * row_weights).sum() + (slots * slot_weights).sum()).backward()
+            scores[name] = (pixels, slots)
+        for got, expected in zip(scores["fast"], scores["exact"]):
+            assert got.dtype == torch.float32
+            assert 1e-4 < _relative_error(got, expected) < 2e-2
+        if training:
+            for (name, p_fast), p_exact in zip(fast.named_parameters(), exact.parameters()):
+                if p_exact.grad is None:  # bias1: batch norm cancels it
+                    assert p_fast.grad is None
+                    continue
+                assert p_fast.grad.dtype == torch.float32
+                assert _relative_error(p_fast.grad, p_exact.grad) < 5e-2, name
+            # the first layer's weight gradient is itself a bf16 product (bias2's never sees one)
+            assert _relative_error(fast.weight1.grad, exact.weight1.grad) > 1e-4

@@ -43,15 +43,18 @@ class SegmentationNet(nn.Module):
         self.head = head
         self.projection_head = mlp_head(backbone.out_channels, proj_dim)
         self.prediction_head = mlp_head(proj_dim, proj_dim)
-        self.feature_selectors = ClassSelectors(num_classes, proj_dim)
-        self.memory_selectors = ClassSelectors(num_classes, proj_dim)
+        # On the bf16 fast path the selectors' first-layer products take bf16 inputs too (their
+        # statistics and the rest stay float32): at VOC scale those products are most of the term.
+        products = torch.bfloat16 if amp else None
+        self.feature_selectors = ClassSelectors(num_classes, proj_dim, product_dtype=products)
+        self.memory_selectors = ClassSelectors(num_classes, proj_dim, product_dtype=products)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = normalise(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        # bf16 autocast over the convolutions only: the losses, the bank and the selectors stay
-        # in float32, where the closed-form contrastive loss and the EMA need the precision.
+        # bf16 autocast over the convolutions only: the losses and the bank stay in float32, where
+        # the closed-form contrastive loss and the EMA need the precision (the selectors choose theirs).
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp):
             low, features = self.backbone(images)
             logits = self.head(low, features)

@@ -18,6 +18,12 @@ backward written out: the first-layer product and its weight gradient, and a few
 over the [rows, d] activations, where autograd over the same ops kept and revisited more
 (and computed the input gradient of detached pixels). In eval mode the batch norm is an
 affine map, folded into the first layer. No Python loop over classes remains.
+
+On the bf16 fast path (``product_dtype=torch.bfloat16``) the first layer's three products (forward,
+weight gradient, input gradient) take bf16 inputs and give float32 back; everything else (the
+batch norm's statistics, its backward, the second layer) stays in float32. Those products are
+most of the term's arithmetic at VOC scale, and bf16 runs them 4x faster on a CPU with AMX or
+AVX-512-bf16 (docs/benchmarks.md, "Why not 3x at bank 256").
 """
 
 from __future__ import annotations
@@ -30,6 +36,22 @@ SLOPE = 0.2  # LeakyReLU's negative slope in the selectors
 BLOCK = 256  # rows per block of pixels: padding wastes about BLOCK/2 rows per class present
 
 
+@torch.library.custom_op("semiseg::sum_blocks_by_class", mutates_args=())
+def sum_blocks_by_class(t: torch.Tensor, block_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sum the blocks t [K,...] of each class (``block_class`` [K]) into [C,...].
+
+    An opaque op, so that a compiled term runs this same ``index_add_``: at VOC scale it sums the
+    first layer's per-block weight gradients [K,d,d] 3x faster than a one-hot [C,K] product, and
+    Inductor's own lowering of it was 3.5x slower still and summed in another order.
+    """
+    return t.new_zeros(num_classes, *t.shape[1:]).index_add_(0, block_class, t)
+
+
+@sum_blocks_by_class.register_fake
+def _(t: torch.Tensor, block_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return t.new_empty(num_classes, *t.shape[1:])
+
+
 class _Blocks:
     """Rows in blocks [K,B,d] that each belong to one class (``block_class`` [K]); ``rows`` [K,B]
     marks the rows in the statistics (filled bank slots; real pixels, not padding). The first
@@ -37,29 +59,35 @@ class _Blocks:
     block as views, so no [rows, d] tensor is spent on spreading them."""
 
     def __init__(self, rows: torch.Tensor, block_class: torch.Tensor | None, num_classes: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, product_dtype: torch.dtype | None = None) -> None:
         self.block_class = block_class  # None: block k is class k (the bank)
+        self.dtype = dtype
+        self.product_dtype = product_dtype or dtype  # the first layer's products' inputs
         self.mask = rows.to(dtype)[:, None, :]  # [K,1,B]: a masked sum over rows is one bmm
         self.full = bool(rows.all())  # then per-class terms need no mask product
-        self.to_class_matrix = None if block_class is None else F.one_hot(block_class, num_classes).to(dtype).t()
+        self.num_classes = num_classes
         self.in_stats = self.to_class(self.mask.sum(dim=2))[:, 0]
 
     def per_block(self, p: torch.Tensor) -> torch.Tensor:  # [C,...] -> [K,...]
         return p if self.block_class is None else p[self.block_class]
 
     def to_class(self, t: torch.Tensor) -> torch.Tensor:  # [K,...] -> [C,...], summed over blocks
-        if self.to_class_matrix is None:
+        if self.block_class is None:
             return t
-        return (self.to_class_matrix @ t.reshape(len(t), -1)).reshape(-1, *t.shape[1:])
+        return sum_blocks_by_class(t, self.block_class, self.num_classes)
 
+    def to_product(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.product_dtype)
+
+    # The first layer's products: inputs in product_dtype (x already is), results in dtype.
     def linear(self, x, weight):
-        return torch.bmm(x, self.per_block(weight))
+        return torch.bmm(x, self.per_block(self.to_product(weight))).to(self.dtype)
 
     def linear_input_grad(self, grad, weight):
-        return torch.bmm(grad, self.per_block(weight).transpose(1, 2))
+        return torch.bmm(self.to_product(grad), self.per_block(self.to_product(weight)).transpose(1, 2)).to(self.dtype)
 
     def linear_weight_grad(self, x, grad):
-        return self.to_class(torch.bmm(x.transpose(1, 2), grad))
+        return self.to_class(torch.bmm(x.transpose(1, 2), self.to_product(grad)).to(self.dtype))
 
     def sum(self, t):  # [K,B,d] -> [C,d], over all rows
         return self.to_class(t.sum(dim=1))
@@ -127,6 +155,9 @@ class _SelectorMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight1, bn_weight, bn_bias, weight2, bias2, layout, eps):  # type: ignore[override]
         n = layout.in_stats.clamp_min(1)[:, None]
+        # The weight gradient needs x's sum over the rows in the statistics: taken here, in float32.
+        x_sum = layout.stats_sum(x) if ctx.needs_input_grad[1] else None
+        x = layout.to_product(x)  # kept for the backward in that dtype: half the memory in bf16
         h = layout.linear(x, weight1)
         mean = layout.stats_sum(h) / n
         h = h.sub_(layout.spread(mean))                          # centred, in place
@@ -137,12 +168,12 @@ class _SelectorMLP(torch.autograd.Function):
         scores = layout.row_dot(a, weight2) + layout.spread(bias2[:, None])[..., 0]
         ctx.layout = layout
         ctx.mark_non_differentiable(mean, var)
-        ctx.save_for_backward(x, weight1, bn_weight, weight2, h, a, rstd, n)
+        ctx.save_for_backward(x, x_sum, weight1, bn_weight, weight2, h, a, rstd, n)
         return scores, mean, var
 
     @staticmethod
     def backward(ctx, grad_scores, _grad_mean, _grad_var):  # type: ignore[override]
-        x, weight1, bn_weight, weight2, h, a, rstd, n = ctx.saved_tensors
+        x, x_sum, weight1, bn_weight, weight2, h, a, rstd, n = ctx.saved_tensors
         layout = ctx.layout
         grad_bias2 = layout.scalar_sum(grad_scores)
         grad_weight2 = layout.weighted_sum(a, grad_scores)
@@ -159,17 +190,21 @@ class _SelectorMLP(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = layout.linear_input_grad(grad_h - layout.spread_where_in_stats(shift), weight1)
         if ctx.needs_input_grad[1]:
-            x_sum = layout.stats_sum(x)                            # [C,d], rows in the statistics
             grad_w1 = layout.linear_weight_grad(x, grad_h) - x_sum[:, :, None] * shift[:, None, :]
         return grad_x, grad_w1, grad_gamma, grad_beta, grad_weight2, grad_bias2, None, None
 
 
 class ClassSelectors(nn.Module):
-    """C selector MLPs in batched form: Linear(d,d), class-wise BN, LeakyReLU(0.2), Linear(d,1)."""
+    """C selector MLPs in batched form: Linear(d,d), class-wise BN, LeakyReLU(0.2), Linear(d,1).
 
-    def __init__(self, num_classes: int, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    ``product_dtype`` is the dtype of the first layer's products' inputs (default: the features'
+    own); their results and the rest of the MLP stay in the features' dtype."""
+
+    def __init__(self, num_classes: int, dim: int, momentum: float = 0.1, eps: float = 1e-5,
+                 product_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.num_classes, self.dim, self.momentum, self.eps = num_classes, dim, momentum, eps
+        self.product_dtype = product_dtype
         bound = 1 / dim ** 0.5  # nn.Linear's default initialisation
         self.weight1 = nn.Parameter(torch.empty(num_classes, dim, dim).uniform_(-bound, bound))
         self.bias1 = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
@@ -187,12 +222,12 @@ class ClassSelectors(nn.Module):
         if len(classes) == 0:
             return x.new_zeros(0)
         packed, slot, real, block_class = _pack_pixels(x, classes, self.num_classes, rows)
-        scores = self._scores(packed, _Blocks(real, block_class, self.num_classes, x.dtype))
+        scores = self._scores(packed, _Blocks(real, block_class, self.num_classes, x.dtype, self.product_dtype))
         return scores.reshape(-1)[slot]
 
     def score_bank(self, bank: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Selector logits [C,N] of a bank [C,N,d]; ``valid`` [C,N] marks filled slots."""
-        return self._scores(bank, _Blocks(valid, None, self.num_classes, bank.dtype))
+        return self._scores(bank, _Blocks(valid, None, self.num_classes, bank.dtype, self.product_dtype))
 
     def _scores(self, x: torch.Tensor, layout: _Blocks) -> torch.Tensor:
         if self.training:
@@ -204,7 +239,8 @@ class ClassSelectors(nn.Module):
         scale = self.bn_weight * torch.rsqrt(self.running_var + self.eps)
         shift = (self.bias1 - self.running_mean) * scale + self.bn_bias
         # In place after the product: neither bmm's nor add's backward needs the values overwritten.
-        a = F.leaky_relu_(layout.linear(x, self.weight1 * scale[:, None, :]).add_(layout.spread(shift)), SLOPE)
+        first = layout.linear(layout.to_product(x), self.weight1 * scale[:, None, :])
+        a = F.leaky_relu_(first.add_(layout.spread(shift)), SLOPE)
         return layout.row_dot(a, self.weight2) + layout.spread(self.bias2[:, None])[..., 0]
 
     def as_separate_mlps(self) -> list[nn.Sequential]:
