@@ -22,8 +22,9 @@ Rows:
 (nothing of them is copied into this project; their ``.cuda()`` calls are no-ops while they
 run) and timed in the same interleaved loop as this project's code, on the same inputs, with
 the same selector weights: the whole term (both selectors + loss, forward + backward; this
-project's eager and compiled, as ``compile=true`` trains, its compile time printed apart) and
-the bank update, at bank 256 and 2048. Only that table is printed then.
+project's eager and compiled, as ``compile=true`` trains, its compile time printed apart, each
+with float32 and with bf16 products in the selectors, as the bf16 fast path trains) and the
+bank update, at bank 256 and 2048. Only that table is printed then.
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ class TrainConfig:
     workers: int = _spec(0, "real datasets: worker processes that decode batches from disk ahead of the "
                          "trainer (0: decode every image once into memory)", low=0, high=256)
     # Switches of the fast path (True, False or "auto": decided on the run's device, trainer/fast_path.py).
-    amp: bool | str = _spec("auto", "bf16 autocast of the networks (losses stay float32); 'auto': on where the "
+    amp: bool | str = _spec("auto", "bf16 autocast of the networks and bf16 inputs to the selectors' first-layer "
+                            "products (losses, bank and batch-norm statistics stay float32); 'auto': on where the "
                             "device computes bf16 natively (GPUs with bf16 tensor cores, CPUs with AMX or "
                             "AVX-512-bf16), recorded as the run's precision")
     channels_last: bool | str = _spec("auto", "channels-last memory format for the networks; 'auto': on together "

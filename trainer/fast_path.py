@@ -1,5 +1,9 @@
 """The fast path of a run: bf16 autocast and channels-last, where the device makes them pay.
 
+bf16 means the networks under bf16 autocast and the selectors' first-layer products on bf16
+inputs (``ClassSelectors(product_dtype=...)``); losses, the bank and batch-norm statistics stay
+float32.
+
 ``amp`` and ``channels_last`` are ``True``, ``False`` or ``"auto"`` in the config. ``"auto"`` is
 decided here, once, when a trainer starts on its device, and the decision goes into every record
 of the run (``precision`` and ``channels_last`` columns), since the same config trains in bf16 on

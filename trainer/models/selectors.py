@@ -22,8 +22,8 @@ affine map, folded into the first layer. No Python loop over classes remains.
 On the bf16 fast path (``product_dtype=torch.bfloat16``) the first layer's three products (forward,
 weight gradient, input gradient) take bf16 inputs and give float32 back; everything else (the
 batch norm's statistics, its backward, the second layer) stays in float32. Those products are
-most of the term's arithmetic at VOC scale, and bf16 runs them 4x faster on a CPU with AMX or
-AVX-512-bf16 (docs/benchmarks.md, "Why not 3x at bank 256").
+most of the term's arithmetic at VOC scale, and bf16 runs them 2.5 to 4.5x faster on a CPU with
+AMX or AVX-512-bf16 (docs/benchmarks.md, "Bank 256: what the last 1.4x took").
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class _Blocks:
         return torch.bmm(x, self.per_block(self.to_product(weight))).to(self.dtype)
 
     def linear_input_grad(self, grad, weight):
-        return torch.bmm(self.to_product(grad), self.per_block(self.to_product(weight)).transpose(1, 2)).to(self.dtype)
+        weight = self.per_block(self.to_product(weight))
+        return torch.bmm(self.to_product(grad), weight.transpose(1, 2)).to(self.dtype)
 
     def linear_weight_grad(self, x, grad):
         return self.to_class(torch.bmm(x.transpose(1, 2), self.to_product(grad)).to(self.dtype))
