@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="TrainConfig values fixed for every trial, e.g. --set dataset=voc data_root=/data")
     run.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints,
                      help="checkpoints kept per trial (0: all); more makes a killed driver safer to resume")
+    run.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every, metavar="SECONDS",
+                     help="a trial checkpoints at its first evaluation this many seconds after its last checkpoint "
+                          "(0: at every evaluation); a trial restarted after a failure replays at most this much")
     run.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
                      help="rewrite DIR/NAME/report.html this often while the study runs (0: only at the end)")
     run.add_argument("--keep-parts", action="store_true",
@@ -295,7 +298,8 @@ def _run(args: argparse.Namespace) -> int:
                      reduction=args.reduction, searcher=args.searcher, scheduler=args.scheduler,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      concurrency=args.concurrency, storage=args.storage, seed=args.seed,
-                     time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints, fixed=fixed,
+                     time_budget=args.time_budget, keep_checkpoints=args.keep_checkpoints,
+                     checkpoint_every=args.checkpoint_every, fixed=fixed,
                      points=_read_points(args.points) if args.points else [])
     from study.location import parse
 

@@ -58,6 +58,7 @@ class StudySpec:
     seed: int = 0
     time_budget: float = 0.0      # seconds of wall time after which the study stops; 0: none
     keep_checkpoints: int = 2     # per trial; 0 keeps all (see docs/troubleshooting.md)
+    checkpoint_every: float = 30.0  # seconds: a trial checkpoints at its first evaluation this long after its last; 0: every one
     study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)  # sampled values evaluated first, after the paper point
@@ -78,6 +79,8 @@ class StudySpec:
             (self.gpus_per_trial >= 0, f"--gpus-per-trial {self.gpus_per_trial}: must be 0 or more"),
             (self.concurrency >= 0, f"--concurrency {self.concurrency}: must be 0 (auto) or more"),
             (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be 0 (all) or more"),
+            (self.checkpoint_every >= 0,
+             f"--checkpoint-every {self.checkpoint_every}: must be 0 (every evaluation) or more seconds"),
             (self.time_budget >= 0, f"--time-budget {self.time_budget}: must be 0 (none) or more seconds"),
         ]
         for ok, message in checks:

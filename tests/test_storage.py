@@ -92,7 +92,8 @@ def s3_study(ray_local, s3_server, tmp_path_factory):
     space = work / "tiny.yaml"
     space.write_text(SPACE)
     argv = ["run", "--name", "s3tiny", "--dir", root, "--space", str(space), "--samples", "3", "--max-iters", "12",
-            "--grace", "3", "--reduction", "2", "--concurrency", "2", "--quiet", "--set", *SET]
+            "--grace", "3", "--reduction", "2", "--concurrency", "2", "--checkpoint-every", "0", "--quiet",
+            "--set", *SET]
     return endpoint, root, work, argv
 
 

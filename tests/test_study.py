@@ -65,7 +65,9 @@ def _tune_results(folder: Path) -> set[tuple[str, int, float]]:
 def asha_study(ray_local, tmp_path_factory, space_file):
     root = tmp_path_factory.mktemp("studies")
     # compact=False: the report parts stay as the driver wrote them, so a row written twice shows.
-    summary = run_study(_spec("asha", space_file), root, progress=False, say=lambda _: None, compact=False)
+    # checkpoint_every: an hour, so that no trial of seconds takes a checkpoint.
+    summary = run_study(_spec("asha", space_file, checkpoint_every=3600), root, progress=False, say=lambda _: None,
+                        compact=False)
     return root / "asha", summary
 
 
@@ -104,6 +106,12 @@ def test_parquet_agrees_with_what_tune_reported(asha_study):
         mine = [r for r in reports if r["trial_id"] == t["trial_id"]]
         assert t["best_val_miou"] == pytest.approx(max(r["val_miou"] for r in mine))
         assert t["iterations"] == max(r["iteration"] for r in mine)
+
+
+def test_a_trial_checkpoints_only_once_its_period_has_passed(asha_study):
+    folder, _ = asha_study
+    assert len(_tune_results(folder)) > 8  # the trials reported, several times each
+    assert not [p for p in (folder / "tune").rglob("checkpoint_*")]  # none ran an hour: none checkpointed
 
 
 def test_tunes_own_tools_read_the_trials_results(asha_study):

@@ -48,7 +48,7 @@ def main() -> None:
         fixed = tiny_overrides(eval_every=6, ramp_up=2, bank_lead=1)
         fixed.pop("iterations")
         spec = StudySpec(name="nodes", space="contrastive", samples=6, max_iters=60, grace=6, scheduler="fifo",
-                         concurrency=4, keep_checkpoints=0, fixed=fixed)
+                         concurrency=4, keep_checkpoints=0, checkpoint_every=0, fixed=fixed)
         errors: list[BaseException] = []
 
         def study() -> None:

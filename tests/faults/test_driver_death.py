@@ -95,8 +95,8 @@ def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_
     folder = root / "resume"
     address = ray_local.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", str(root), "--space", str(space),
-               *STUDY, "--address", address, "--quiet", "--keep-checkpoints", "0", "--keep-parts",
-               "--set", *set_args(FIXED)]
+               *STUDY, "--address", address, "--quiet", "--keep-checkpoints", "0", "--checkpoint-every", "0",
+               "--keep-parts", "--set", *set_args(FIXED)]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     def ready() -> bool:
         snapshot, rung = _tunes_snapshot(folder), _first_rung(_rungs(folder))
@@ -230,8 +230,8 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
         if token.is_file():
             env[folder].setdefault("RAY_AUTH_TOKEN_PATH", str(token))
     command = [sys.executable, "-m", "study", "run", "--name", "resume", "--dir", root, "--space", str(space),
-               *STUDY, "--address", address, "--quiet", "--keep-checkpoints", "0", "--keep-parts",
-               "--set", *assignments]
+               *STUDY, "--address", address, "--quiet", "--keep-checkpoints", "0", "--checkpoint-every", "0",
+               "--keep-parts", "--set", *assignments]
     driver = subprocess.Popen(command, cwd=first, env=env[first], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
     study_uri = as_location(root) / "resume"
