@@ -222,6 +222,7 @@ def _side_by_side(capacity: int, losses_module: ModuleType, memory_module: Modul
 
 
 def _with_bf16_products(selectors: ClassSelectors) -> ClassSelectors:
+    """A copy of ``selectors`` (the same weights) whose first-layer products take bf16 inputs."""
     twin = copy.deepcopy(selectors)
     twin.product_dtype = torch.bfloat16
     return twin

@@ -229,3 +229,13 @@ def test_bf16_products_round_the_first_layer_only_by_bf16s_precision():
                 assert _relative_error(p_fast.grad, p_exact.grad) < 5e-2, name
             # the first layer's weight gradient is itself a bf16 product (bias2's never sees one)
             assert _relative_error(fast.weight1.grad, exact.weight1.grad) > 1e-4
+
+
+def test_blocks_summed_per_class_the_same_on_every_device_path():
+    # The CPU's index_add_ and the one-hot product that a GPU runs (it repeats itself run to run).
+    g = torch.Generator().manual_seed(5)
+    blocks = torch.randn(7, 3, 4, dtype=torch.float64, generator=g)
+    block_class = torch.tensor([0, 0, 1, 3, 3, 3, 4])  # classes 2 and 5 have no block
+    expected = torch.stack([blocks[block_class == c].sum(0) for c in range(6)])
+    torch.testing.assert_close(selectors_module.sum_blocks_by_class(blocks, block_class, 6), expected)
+    torch.testing.assert_close(selectors_module._sum_by_one_hot_product(blocks, block_class, 6), expected)

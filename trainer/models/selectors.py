@@ -40,11 +40,19 @@ BLOCK = 256  # rows per block of pixels: padding wastes about BLOCK/2 rows per c
 def sum_blocks_by_class(t: torch.Tensor, block_class: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Sum the blocks t [K,...] of each class (``block_class`` [K]) into [C,...].
 
-    An opaque op, so that a compiled term runs this same ``index_add_``: at VOC scale it sums the
-    first layer's per-block weight gradients [K,d,d] 3x faster than a one-hot [C,K] product, and
-    Inductor's own lowering of it was 3.5x slower still and summed in another order.
+    An opaque op, so that a compiled term runs this same ``index_add_``: at VOC scale on the CPU
+    it sums the first layer's per-block weight gradients [K,d,d] 3x faster than a one-hot [C,K]
+    product, and Inductor's own lowering of it was 3.5x slower still and summed in another order.
     """
-    return t.new_zeros(num_classes, *t.shape[1:]).index_add_(0, block_class, t)
+    if t.device.type == "cpu":
+        return t.new_zeros(num_classes, *t.shape[1:]).index_add_(0, block_class, t)
+    # On a GPU index_add_ adds with atomics, in another order each run; the product repeats itself.
+    return _sum_by_one_hot_product(t, block_class, num_classes)
+
+
+def _sum_by_one_hot_product(t: torch.Tensor, block_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    one_hot = F.one_hot(block_class, num_classes).to(t.dtype).t()
+    return (one_hot @ t.reshape(len(t), -1)).reshape(num_classes, *t.shape[1:])
 
 
 @sum_blocks_by_class.register_fake
