@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="checkpoints kept per trial (0: all); more makes a killed driver safer to resume")
     run.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every, metavar="SECONDS",
                      help="a trial checkpoints at its first evaluation this many seconds after its last checkpoint "
-                          "(0: at every evaluation); a trial restarted after a failure replays at most this much")
+                          "or its start (0: at every evaluation); a trial restarted after a failure replays "
+                          "at most this much")
     run.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
                      help="rewrite DIR/NAME/report.html this often while the study runs (0: only at the end)")
     run.add_argument("--keep-parts", action="store_true",

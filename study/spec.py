@@ -58,7 +58,7 @@ class StudySpec:
     seed: int = 0
     time_budget: float = 0.0      # seconds of wall time after which the study stops; 0: none
     keep_checkpoints: int = 2     # per trial; 0 keeps all (see docs/troubleshooting.md)
-    checkpoint_every: float = 30.0  # seconds: a trial checkpoints at its first evaluation this long after its last; 0: every one
+    checkpoint_every: float = 30.0  # seconds between a trial's checkpoints, at least; 0: at every evaluation
     study_id: str = ""            # the Optuna study name: NAME-<random>, set when the study is created
     fixed: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)  # sampled values evaluated first, after the paper point

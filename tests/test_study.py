@@ -111,7 +111,7 @@ def test_parquet_agrees_with_what_tune_reported(asha_study):
 def test_a_trial_checkpoints_only_once_its_period_has_passed(asha_study):
     folder, _ = asha_study
     assert len(_tune_results(folder)) > 8  # the trials reported, several times each
-    assert not [p for p in (folder / "tune").rglob("checkpoint_*")]  # none ran an hour: none checkpointed
+    assert not list((folder / "tune").rglob("checkpoint_*"))  # none ran an hour: none checkpointed
 
 
 def test_tunes_own_tools_read_the_trials_results(asha_study):

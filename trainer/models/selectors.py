@@ -87,16 +87,16 @@ class _Blocks:
     def to_product(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.product_dtype)
 
-    # The first layer's products: inputs in product_dtype (x already is), results in dtype.
+    # The first layer's products: inputs in product_dtype (a no-op for what already is), results in dtype.
     def linear(self, x, weight):
-        return torch.bmm(x, self.per_block(self.to_product(weight))).to(self.dtype)
+        return torch.bmm(self.to_product(x), self.per_block(self.to_product(weight))).to(self.dtype)
 
     def linear_input_grad(self, grad, weight):
         weight = self.per_block(self.to_product(weight))
         return torch.bmm(self.to_product(grad), weight.transpose(1, 2)).to(self.dtype)
 
     def linear_weight_grad(self, x, grad):
-        return self.to_class(torch.bmm(x.transpose(1, 2), self.to_product(grad)).to(self.dtype))
+        return self.to_class(torch.bmm(self.to_product(x).transpose(1, 2), self.to_product(grad)).to(self.dtype))
 
     def sum(self, t):  # [K,B,d] -> [C,d], over all rows
         return self.to_class(t.sum(dim=1))
@@ -248,8 +248,7 @@ class ClassSelectors(nn.Module):
         scale = self.bn_weight * torch.rsqrt(self.running_var + self.eps)
         shift = (self.bias1 - self.running_mean) * scale + self.bn_bias
         # In place after the product: neither bmm's nor add's backward needs the values overwritten.
-        first = layout.linear(layout.to_product(x), self.weight1 * scale[:, None, :])
-        a = F.leaky_relu_(first.add_(layout.spread(shift)), SLOPE)
+        a = F.leaky_relu_(layout.linear(x, self.weight1 * scale[:, None, :]).add_(layout.spread(shift)), SLOPE)
         return layout.row_dot(a, self.weight2) + layout.spread(self.bias2[:, None])[..., 0]
 
     def as_separate_mlps(self) -> list[nn.Sequential]:
