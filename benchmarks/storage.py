@@ -7,7 +7,8 @@ studies (started first, so that neither pays its start-up).
     PYTHONPATH=. python benchmarks/storage.py     # 16 trials each, 3 rounds, 200 store parts
     python benchmarks/storage.py --trials 8 --rounds 1 --parts 50
 
-Prints a Markdown table: the study's wall time (the two studies run by turns, ``--rounds`` times:
+Prints a Markdown table: the study's wall time (the two studies run by turns, ``--rounds`` times,
+each side first in every other round:
 from run to run a study's time moves by 10-20%, so one pair is not enough to see 10%), then the
 store alone: parts written per second (one report row each, as the driver writes them), and
 whole-table reads per second.
@@ -79,7 +80,7 @@ def store_rates(root: str, parts: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="pairs of studies, local then s3")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of studies, local and s3 by turns")
     parser.add_argument("--parts", type=int, default=200)
     args = parser.parse_args()
 
@@ -107,7 +108,9 @@ def main() -> None:
         runs: dict[str, list[tuple[float, int]]] = {label: [] for label in roots}  # (wall s, iterations)
         requests: Counter = Counter()
         for round_ in range(args.rounds):
-            for label, root in roots.items():
+            # Each side goes first in every other round: a study that follows the other may find
+            # Ray's workers warmer or the machine busier, and neither side should always get that.
+            for label, root in (list(roots.items()) if round_ % 2 == 0 else list(roots.items())[::-1]):
                 seen = Path(log.name).stat().st_size
                 runs[label].append(study_seconds(root, f"bench{round_}", args.trials))
                 if root.startswith("s3://") and not requests:

@@ -160,7 +160,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
         if callback is not None:  # a restored Tuner's is the pickled one
             callback.ctrl_c, callback.show_progress = ctrl_c, progress
         try:
-            with ctrl_c:
+            with ctrl_c, ray_internals.results_read_side_by_side():
                 tuner.fit()
         except KeyboardInterrupt:  # the second Ctrl-C: Tune's last snapshot is what resumes
             if callback is not None:

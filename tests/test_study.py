@@ -131,6 +131,44 @@ def test_tunes_own_tools_read_the_trials_results(asha_study):
     assert analysis.get_best_config(metric="val_miou", mode="max") in [t.config for t in analysis.trials]
 
 
+def test_tunes_closing_read_of_the_results_goes_side_by_side_and_reads_the_same(asha_study, monkeypatch):
+    """At the end of fit Tune reads every trial's result.json; run_study has it read them 16 at a
+    time (three round trips each on an object store). Two reads must be in flight at once here
+    (the barrier would break otherwise), the frames equal Tune's own loop's, and a trial whose
+    file cannot be read is warned about and gets an empty frame, the others theirs."""
+    import threading
+
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.analysis import experiment_analysis
+
+    from study import ray_internals
+
+    folder, _ = asha_study
+    path = str(folder / "tune" / "asha")
+    one_by_one = ExperimentAnalysis(path).trial_dataframes
+    real_fetch, both = experiment_analysis.ExperimentAnalysis._fetch_trial_dataframe, threading.Barrier(2, timeout=30)
+    broken = sorted(one_by_one)[0]
+
+    def fetch(self, trial):
+        both.wait()  # returns only once another read is in flight too
+        if trial.trial_id == broken:
+            raise OSError("the bucket refused")
+        return real_fetch(self, trial)
+
+    warned: list[str] = []  # Ray's logger does not propagate to pytest's
+    monkeypatch.setattr(experiment_analysis.logger, "warning", lambda message, *args: warned.append(message))
+    monkeypatch.setattr(experiment_analysis.ExperimentAnalysis, "_fetch_trial_dataframe", fetch)
+    with ray_internals.results_read_side_by_side():
+        side_by_side = ExperimentAnalysis(path).trial_dataframes
+    assert ExperimentAnalysis._fetch_trial_dataframes.__name__ == "_fetch_trial_dataframes"  # Tune's own again
+    assert set(side_by_side) == set(one_by_one)
+    assert side_by_side[broken].empty and "Failed to fetch metrics for 1 trial(s)" in warned[0]
+    assert "the bucket refused" in warned[0] and len(warned) == 1
+    for trial_id, frame in one_by_one.items():
+        if trial_id != broken:
+            assert side_by_side[trial_id].equals(frame)
+
+
 def test_parquet_is_readable_by_pandas_and_duckdb(asha_study):
     duckdb = pytest.importorskip("duckdb")
     pandas = pytest.importorskip("pandas")
