@@ -1,10 +1,10 @@
 """The driver's view of a running study: every report into Parquet, and a progress line.
 
-``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports are
-gathered for ``write_every_s`` and stored together (one atomic part per write, compacted at the
-end), and all of them are stored before Tune saves the snapshot that a resume starts from, so a
-killed driver loses nothing that the resumed trials do not report again; the store drops any
-(trial, iteration) it holds already, so a resumed driver never writes a row twice.
+``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports
+are written as they arrive (one atomic part each, compacted at the end), and all of them are
+stored before Tune saves the snapshot that a resume starts from, so a killed driver loses
+nothing that the resumed trials do not report again; the store drops any (trial, iteration)
+it holds already, so a resumed driver never writes a row twice.
 
 The trials table is rewritten at once when a trial's status changes (started, ended,
 errored, retried), and for progress alone (iterations, scores) once ``progress_every_s``
@@ -13,13 +13,8 @@ ends): on an object store each rewrite is a request, and the progress it holds i
 reports already. A driver killed in between leaves a row behind its reports, and the
 driver that resumes takes the progress from them (``_catch_up_with_reports``).
 
-ASHA's rungs (``keep_rungs``) are written by this callback too, after the reports whose scores
-they hold: a resumed ASHA that knows a trial was stopped never runs it again to the result that
-stopped it, so that result's report must be stored first.
-
-Every write is done off Tune's loop (study/write_behind.py): each file at most once per
-``write_every_s``, a trial's row before its reports and the reports before the rungs;
-``get_state``, which Tune calls at each snapshot of the experiment, waits for them.
+Both writes are done off Tune's loop, in order (study/write_behind.py); ``get_state``, which
+Tune calls at each snapshot of the experiment, waits for them.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,20 +36,14 @@ from study.spec import StudySpec
 from study.store import ResultStore
 from study.write_behind import WriteBehind
 
-# The order of one pass of writes: a stored report's trial has its row, and stored rungs' scores
-# have their reports.
-TRIALS_RANK, REPORTS_RANK, RUNGS_RANK = 0, 1, 2
-
 
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
-                 stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0,
-                 write_every_s: float = 1.0) -> None:
+                 stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0) -> None:
         self.folder, self.spec, self.study = as_location(folder), spec, spec.name
         self.stop_reason = stop_reason
         self.show_progress = show_progress
         self.progress_every_s = progress_every_s
-        self.write_every_s = write_every_s
         self._written_at = float("-inf")  # when trials.parquet was last written (monotonic)
         self._unwritten = False  # progress that is not in trials.parquet yet
         self._store: ResultStore | None = None
@@ -63,38 +51,28 @@ class StoreCallback(Callback):
         self._bar: Any = None
         self._trials: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
-        self._reports: list[dict[str, Any]] = []  # report rows not stored yet (the writer's thread takes them)
-        self._reports_lock = threading.Lock()
-        self._rungs: Any = None  # the PersistentASHA whose rungs this callback writes (keep_rungs)
         # Set by the driver for each run (not pickled): whether Ctrl-C ended it (study/interrupt.py).
         self.ctrl_c: Any = None
 
     # Tune pickles callbacks with the experiment: leave the open bar, the store, the writer's
-    # thread, the rows it has yet to write, the scheduler and this run's Ctrl-C behind.
+    # thread and this run's Ctrl-C behind.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_bar=None, _store=None, _writes=None, ctrl_c=None, _reports=[], _reports_lock=None, _rungs=None)
+        state["_bar"], state["_store"], state["_writes"], state["ctrl_c"] = None, None, None, None
         state["_written_at"] = float("-inf")  # another process's clock
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Defaults first: an experiment pickled before these existed.
-        self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "write_every_s": 1.0,
-                              "_written_at": float("-inf"), "_unwritten": False, "_writes": None, "_reports": [],
-                              "_rungs": None, **state})
-        self._reports_lock = threading.Lock()
+        self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "_written_at": float("-inf"),
+                              "_unwritten": False, "_writes": None, **state})
 
     @property
     def writes(self) -> WriteBehind:
-        """The writer of the store's files: ``writes.flush()`` writes all handed over, and waits for them."""
+        """The writer of the store's files: ``writes.flush()`` waits until all handed over are written."""
         if self._writes is None:
-            self._writes = WriteBehind(self.write_every_s)
+            self._writes = WriteBehind()
         return self._writes
-
-    def keep_rungs(self, scheduler: Any) -> None:
-        """Write ``scheduler``'s rungs (a PersistentASHA) off Tune's loop, after the reports they score."""
-        self._rungs = scheduler
-        scheduler.save_later()
 
     @property
     def store(self) -> ResultStore:
@@ -136,11 +114,9 @@ class StoreCallback(Callback):
             return
         node = str(result.get("node") or result.get("node_ip") or socket.gethostname())
         time_total_s = float(result.get("time_total_s", 0.0))
-        store = self.store
-        with self._reports_lock:
-            self._reports.append(report_row(self.study, trial.trial_id, result, self._config(trial), node,
-                                            time_total_s))
-        self.writes.submit("reports", lambda: self._store_reports(store), rank=REPORTS_RANK)
+        store, reports = self.store, [report_row(self.study, trial.trial_id, result, self._config(trial), node,
+                                                 time_total_s)]
+        self.writes.submit(object(), lambda: store.append_reports(reports))  # each report a part of its own
         row = self._trial_row(trial)
         status = row.get("status")
         row["node"] = node
@@ -159,7 +135,6 @@ class StoreCallback(Callback):
                 row["last_val_miou"] = float(result[METRIC])
             row["best_val_miou"] = max(float(result[METRIC]), row.get("best_val_miou") or float("-inf"))
         self._write_trials(progress_only=row.get("status") == status)
-        self._write_rungs()
         self._show()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -170,14 +145,12 @@ class StoreCallback(Callback):
             row["stop_reason"] = None if finished else self.stop_reason
         row["ended"] = _now()
         self._write_trials()
-        self._write_rungs()
         self._show()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
         row.update(status=ERRORED, stop_reason="raised", error=_error_text(trial), ended=_now())
         self._write_trials()
-        self._write_rungs()
         self._show()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -194,15 +167,13 @@ class StoreCallback(Callback):
 
     def get_state(self) -> None:
         # Tune snapshots the experiment: what it names must be stored first (nothing else to save).
-        self._write_rungs()
         self.writes.flush()
 
     def flush(self) -> None:
-        """Write progress held back, if any, and every write handed over, and wait for them: the
-        driver calls it when ``fit`` ends, however it ends."""
+        """Write progress held back, if any, and wait for every write: the driver calls it when
+        ``fit`` ends, however it ends."""
         if self._unwritten:
             self._write_trials()
-        self._write_rungs()
         self.writes.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -252,27 +223,8 @@ class StoreCallback(Callback):
             self._unwritten = True
             return
         store, rows = self.store, [dict(row) for row in self._trials.values()]  # as they are now
-        self.writes.submit("trials", lambda: store.write_trials(rows), rank=TRIALS_RANK)
+        self.writes.submit("trials", lambda: store.write_trials(rows))
         self._written_at, self._unwritten = now, False
-
-    def _store_reports(self, store: ResultStore) -> None:
-        """On the writer's thread: every report row gathered so far, as one part."""
-        with self._reports_lock:
-            rows, self._reports = self._reports, []
-        try:
-            store.append_reports(rows)
-        except BaseException:
-            with self._reports_lock:  # kept for the next write (the error reaches Tune's loop)
-                self._reports[:0] = rows
-            raise
-
-    def _write_rungs(self) -> None:
-        """Hand over ASHA's rungs if a result moved them (Tune calls the scheduler before the
-        callbacks, so the report of that result is handed over already)."""
-        state = self._rungs.unsaved_state() if self._rungs is not None else None
-        if state is not None:
-            rungs = self._rungs
-            self.writes.submit("rungs", lambda: rungs.write_state(state), rank=RUNGS_RANK)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

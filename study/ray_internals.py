@@ -17,8 +17,6 @@ What each is for:
 * ``Tuner._local_tuner.get_run_config()``: the callbacks a restored Tuner runs with. They are
   the ones pickled with the experiment (``Tuner.restore`` takes no RunConfig), and the driver
   hands its callback what this run alone knows (Ctrl-C, the progress bar).
-* ``Tuner._local_tuner._tune_config``: the TuneConfig a restored Tuner runs with, whose scheduler
-  is the one unpickled with it; the driver's callback writes that scheduler's rungs.
 * ``ExperimentAnalysis._fetch_trial_dataframe(s)``: Tune builds an ExperimentAnalysis at the end
   of every ``Tuner.fit`` and reads each trial's ``result.json`` in it, one after another; on an
   object store that is three round trips a trial, so a study of hundreds of trials waited
@@ -94,14 +92,6 @@ def tuner_callbacks(tuner: Any) -> list[Any] | None:
     if local is None or not callable(getattr(local, "get_run_config", None)):
         raise _changed("Tuner._local_tuner.get_run_config is missing")
     return list(local.get_run_config().callbacks or [])
-
-
-def tuner_scheduler(tuner: Any) -> Any:
-    """The scheduler ``tuner`` (new or restored, not under Ray Client) will run with in this process."""
-    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    if config is None or not hasattr(config, "scheduler"):
-        raise _changed("Tuner._local_tuner._tune_config is missing")
-    return config.scheduler
 
 
 # What Tune would copy from the driver into each trial's runtime_env, and so into Ray's logs.

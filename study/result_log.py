@@ -11,8 +11,7 @@ study's location itself: the params once, ``result.json`` whole after each resul
 format at Tune's path, so that Tune's tools (``ExperimentAnalysis``, ``ResultGrid``) read them
 as before. A driver that resumes appends to what the killed one wrote. Rewriting the file whole
 costs bytes that grow with a trial's results, as Tune's own upload of it at every snapshot did;
-in requests it costs one per result, or one a second when results come faster, instead of
-three files per trial per snapshot.
+in requests it costs one per result instead of three files per trial per snapshot.
 
 Tune also keeps an empty folder per trial in its staging area, for error files, and its upload
 of that area at every snapshot looks each folder up in the bucket (three requests a folder).
@@ -45,15 +44,14 @@ RESULTS_FILE, PARAMS_FILE, PARAMS_PICKLE = "result.json", "params.json", "params
 
 
 class ResultLog(Callback):
-    """``experiment``: the folder of Tune's experiment (``STUDY/tune/NAME``), local or remote;
-    ``write_every_s``: a trial's ``result.json`` is rewritten at most that often (and at each snapshot)."""
+    """``experiment``: the folder of Tune's experiment (``STUDY/tune/NAME``), local or remote."""
 
-    def __init__(self, experiment: "Location | Path", write_every_s: float = 1.0) -> None:
+    def __init__(self, experiment: "Location | Path") -> None:
         self.experiment = as_location(experiment)
         self._lines: dict[str, list[str]] = {}  # trial id -> its result lines, while it runs
         self._resumed = False  # a study this driver started has no lines stored to look for
         self._swept = False
-        self._writes = WriteBehind(write_every_s)
+        self._writes = WriteBehind()
 
     # Tune pickles callbacks with the experiment, and a resumed driver unpickles them: it reads the
     # lines back from the files, and sweeps the staging folders Tune makes again for ended trials.

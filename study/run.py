@@ -421,19 +421,12 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
 
 
 def _store_callback(tuner: Any) -> Any:
-    """The StoreCallback the Tuner runs here, writing ASHA's rungs too; None under Ray Client,
-    where it runs on the cluster (and Ctrl-C reaches the driver as a plain interrupt)."""
+    """The StoreCallback the Tuner runs here; None under Ray Client, where it runs on the cluster
+    (and Ctrl-C reaches the driver as a plain interrupt)."""
     from study.callbacks import StoreCallback
-    from study.search import PersistentASHA
 
     callbacks = ray_internals.tuner_callbacks(tuner)
-    if callbacks is None:
-        return None
-    callback = next(c for c in callbacks if isinstance(c, StoreCallback))
-    scheduler = ray_internals.tuner_scheduler(tuner)
-    if isinstance(scheduler, PersistentASHA):
-        callback.keep_rungs(scheduler)
-    return callback
+    return None if callbacks is None else next(c for c in callbacks if isinstance(c, StoreCallback))
 
 
 def summary(store: "Any") -> dict[str, Any]:

@@ -168,30 +168,6 @@ class PersistentASHA(ASHAScheduler):
         self._loaded = False
         self._stopped: set[str] = set()
         self._saved = ""  # the JSON last written: a result that moved no rung writes nothing
-        self._later = False  # save_later: the driver's callback writes the rungs
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Whoever unpickles this (Tuner.restore) hands the saves over again, or it saves them itself.
-        return {**self.__dict__, "_later": False}
-
-    def save_later(self) -> None:
-        """Leave the writes to the caller: ``unsaved_state`` says what to write, ``write_state`` writes it
-        (the study's StoreCallback, off Tune's loop and after the reports that the rungs score)."""
-        self._later = True
-
-    def unsaved_state(self) -> str | None:
-        """The rungs as JSON if they changed since the last call (or save), else None."""
-        if self._state_path is None:
-            return None
-        self._load()
-        state = self._state()
-        if state == getattr(self, "_saved", ""):  # getattr: a scheduler pickled before _saved existed
-            return None
-        self._saved = state
-        return state
-
-    def write_state(self, state: str) -> None:
-        as_location(self._state_path).write_text(state)
 
     def _load(self) -> None:
         # Lazily: Tuner.restore unpickles this object without calling __init__.
@@ -211,17 +187,15 @@ class PersistentASHA(ASHAScheduler):
                 if float(milestone) == float(saved_milestone):
                     recorded.update(saved_recorded)
 
-    def _state(self) -> str:
-        return json.dumps({"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)]
-                                        for b in internals.asha_brackets(self)],
-                           "stopped": sorted(self._stopped)})
-
     def _save(self) -> None:
-        if getattr(self, "_later", False):  # getattr: a scheduler pickled before save_later existed
+        if self._state_path is None:
             return
-        state = self.unsaved_state()
-        if state is not None:
-            self.write_state(state)
+        state = json.dumps({"brackets": [[[m, r] for m, r in internals.bracket_rungs(b)]
+                                         for b in internals.asha_brackets(self)],
+                            "stopped": sorted(self._stopped)})
+        if state != getattr(self, "_saved", ""):  # getattr: a scheduler pickled before _saved existed
+            as_location(self._state_path).write_text(state)
+            self._saved = state
 
     def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature
         self._load()
