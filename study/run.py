@@ -202,13 +202,16 @@ def connect(address: str | None) -> bool:
 
     if address:  # first: an address that nothing answers is wrong whether or not Ray runs here
         check_reachable(address)
-    if ray.is_initialized():
-        return False
+    # Read by Tune when a study's fit starts: set here whether or not Ray runs already (a notebook
+    # or a benchmark that started it), so that every study runs the same way.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune snapshots the experiment every 10 s or more by default; a driver killed in between
-    # loses the trials started since. Every 2 s keeps that window small at a negligible cost.
+    # loses the trials started since. Every 2 s keeps that window small (on an object store a
+    # snapshot costs about a dozen requests: docs/benchmarks.md, "Object storage").
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if ray.is_initialized():
+        return False
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:
         try:
