@@ -107,10 +107,11 @@ def main() -> None:
         study_seconds(roots["local"], "warm-up", 2)  # scenes composed, workers started: for neither to pay
         runs: dict[str, list[tuple[float, int]]] = {label: [] for label in roots}  # (wall s, iterations)
         requests: Counter = Counter()
+        sides = list(roots.items())
         for round_ in range(args.rounds):
             # Each side goes first in every other round: a study that follows the other may find
             # Ray's workers warmer or the machine busier, and neither side should always get that.
-            for label, root in (list(roots.items()) if round_ % 2 == 0 else list(roots.items())[::-1]):
+            for label, root in sides if round_ % 2 == 0 else sides[::-1]:
                 seen = Path(log.name).stat().st_size
                 runs[label].append(study_seconds(root, f"bench{round_}", args.trials))
                 if root.startswith("s3://") and not requests:

@@ -20,8 +20,8 @@ What each is for:
 * ``ExperimentAnalysis._fetch_trial_dataframe(s)``: Tune builds an ExperimentAnalysis at the end
   of every ``Tuner.fit`` and reads each trial's ``result.json`` in it, one after another; on an
   object store that is three round trips a trial, so a study of hundreds of trials waited
-  seconds to minutes at its end. ``results_read_side_by_side`` has it read them 16 at a time
-  while ``fit`` runs.
+  seconds to minutes at its end. ``results_read_side_by_side`` has it read them
+  ``REMOTE_READERS`` at a time, as the store reads its parts, while ``fit`` runs.
 * ``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``: the driver's environment variables
   Tune copies into every trial's runtime_env. It holds the AWS credentials, and Ray writes each
   runtime_env, secret key and all, into ``runtime_env_agent.log`` in the session logs of every
@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import optuna
+
+from study.location import REMOTE_READERS
 
 _EXPECTED = {
     "OptunaSearch": {"_ot_trials": dict, "_ot_study": optuna.Study, "_completed_trials": set},
@@ -126,7 +128,7 @@ def _trial_dataframe_fetchers() -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def results_read_side_by_side(readers: int = 16) -> Iterator[None]:
+def results_read_side_by_side(readers: int = REMOTE_READERS) -> Iterator[None]:
     """While open, Tune's ExperimentAnalysis reads the trials' results ``readers`` at a time (the
     module docstring says why); a trial whose file cannot be read gets an empty frame and a
     warning, as in Tune's own loop."""

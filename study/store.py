@@ -32,12 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from study.location import Location, as_location
+from study.location import REMOTE_READERS, Location, as_location
 from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table,
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
-REMOTE_READERS = 16  # parts read at once from an object store
 
 
 class StoreError(ValueError):
