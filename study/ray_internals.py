@@ -17,11 +17,11 @@ What each is for:
 * ``Tuner._local_tuner.get_run_config()``: the callbacks a restored Tuner runs with. They are
   the ones pickled with the experiment (``Tuner.restore`` takes no RunConfig), and the driver
   hands its callback what this run alone knows (Ctrl-C, the progress bar).
-* ``ExperimentAnalysis._fetch_trial_dataframe(s)``: Tune builds an ExperimentAnalysis at the end
-  of every ``Tuner.fit`` and reads each trial's ``result.json`` in it, one after another; on an
-  object store that is three round trips a trial, so a study of hundreds of trials waited
-  seconds to minutes at its end. ``results_read_side_by_side`` has it read them
-  ``REMOTE_READERS`` at a time, as the store reads its parts, while ``fit`` runs.
+* ``ExperimentAnalysis._fetch_trial_dataframes``: Tune builds an ExperimentAnalysis at the end of
+  every ``Tuner.fit`` and reads each trial's ``result.json`` in it, one after another, into the
+  ResultGrid that ``fit`` returns. The study never looks at that grid (its record is the Parquet
+  store), and on an object store the read is three round trips a trial: a study of hundreds of
+  trials waited seconds to minutes at its end for nothing. ``tune_results_left_unread`` skips it.
 * ``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``: the driver's environment variables
   Tune copies into every trial's runtime_env. It holds the AWS credentials, and Ray writes each
   runtime_env, secret key and all, into ``runtime_env_agent.log`` in the session logs of every
@@ -33,12 +33,9 @@ What each is for:
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import optuna
-
-from study.location import REMOTE_READERS
 
 _EXPECTED = {
     "OptunaSearch": {"_ot_trials": dict, "_ot_study": optuna.Study, "_completed_trials": set},
@@ -117,42 +114,30 @@ def keep_credentials_out_of_runtime_envs() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = _propagated_env_vars() - CREDENTIAL_ENV_VARS
 
 
-def _trial_dataframe_fetchers() -> tuple[Any, Any]:
+def _trial_dataframes_fetcher() -> Any:
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
-    one, every = (getattr(ExperimentAnalysis, name, None) for name in ("_fetch_trial_dataframe",
-                                                                         "_fetch_trial_dataframes"))
-    if not callable(one) or not callable(every):
-        raise _changed("ExperimentAnalysis._fetch_trial_dataframe or _fetch_trial_dataframes is missing")
-    return one, every
+    every = getattr(ExperimentAnalysis, "_fetch_trial_dataframes", None)
+    if not callable(every):
+        raise _changed("ExperimentAnalysis._fetch_trial_dataframes is missing")
+    return every
 
 
 @contextlib.contextmanager
-def results_read_side_by_side(readers: int = REMOTE_READERS) -> Iterator[None]:
-    """While open, Tune's ExperimentAnalysis reads the trials' results ``readers`` at a time (the
-    module docstring says why); a trial whose file cannot be read gets an empty frame and a
-    warning, as in Tune's own loop."""
+def tune_results_left_unread() -> Iterator[None]:
+    """While open, the ExperimentAnalysis that ``Tuner.fit`` builds at its end reads no trial's
+    ``result.json`` (the module docstring says why): the ResultGrid it returns has each trial's
+    last result, config and checkpoint, and an empty frame of its history (as Tune gives a trial
+    without results). ``ExperimentAnalysis(path)``, outside, reads the files as before."""
     from pandas import DataFrame
     from ray.tune.analysis import experiment_analysis
 
-    one, every = _trial_dataframe_fetchers()
+    every = _trial_dataframes_fetcher()
 
-    def fetch_side_by_side(analysis: Any) -> dict[str, DataFrame]:
-        def fetch(trial: Any) -> tuple[DataFrame, Exception | None]:
-            try:
-                return one(analysis, trial), None
-            except Exception as err:  # noqa: BLE001 - Tune's loop warns and goes on, so does this one
-                return DataFrame(), err
+    def left_unread(analysis: Any) -> dict[str, DataFrame]:
+        return {trial.trial_id: DataFrame() for trial in analysis.trials}
 
-        with ThreadPoolExecutor(max_workers=readers) as pool:
-            fetched = list(pool.map(fetch, analysis.trials))
-        failures = [f"- {trial}: {err!r}" for trial, (_, err) in zip(analysis.trials, fetched) if err is not None]
-        if failures:
-            experiment_analysis.logger.warning(f"Failed to fetch metrics for {len(failures)} trial(s):\n"
-                                               + "\n".join(failures))
-        return {trial.trial_id: frame for trial, (frame, _) in zip(analysis.trials, fetched)}
-
-    experiment_analysis.ExperimentAnalysis._fetch_trial_dataframes = fetch_side_by_side
+    experiment_analysis.ExperimentAnalysis._fetch_trial_dataframes = left_unread
     try:
         yield
     finally:
@@ -184,4 +169,4 @@ def check_release() -> None:
     check(searcher, "OptunaSearch")
     check(ASHAScheduler(metric="score", mode="max"), "ASHAScheduler")
     _propagated_env_vars()
-    _trial_dataframe_fetchers()
+    _trial_dataframes_fetcher()

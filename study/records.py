@@ -2,7 +2,8 @@
 
 Four tables, each a folder of Parquet parts (``study/store.py`` writes and reads them):
 
-* ``results/reports/``: one row per trial and evaluation, appended as the driver receives them;
+* ``results/reports/``: one row per trial and evaluation, appended as the driver receives them
+  (into a folder of each driver's own, ``driver-<ns>-<hex>/``, until the compaction at the end);
 * ``results/trials/``: one row per trial, rewritten as a whole;
 * ``retrain/``: one row per retrain run (candidate, seed, iterations);
 * ``ablate/``: one row per ablation variant and seed (``study/ablate.py``).

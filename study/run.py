@@ -160,7 +160,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
         if callback is not None:  # a restored Tuner's is the pickled one
             callback.ctrl_c, callback.show_progress = ctrl_c, progress
         try:
-            with ctrl_c, ray_internals.results_read_side_by_side():
+            with ctrl_c, ray_internals.tune_results_left_unread():
                 tuner.fit()
         except KeyboardInterrupt:  # the second Ctrl-C: Tune's last snapshot is what resumes
             if callback is not None:
@@ -176,7 +176,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
         raise StudyInterrupted(f"study {spec.name!r} was interrupted; `semiseg-study run --resume` continues it")
     from study.store import ResultStore
 
-    store = ResultStore(folder, spec.name)
+    # The driver's own store holds the parts it wrote: the compaction need not fetch them back.
+    store = callback.store if callback is not None else ResultStore(folder, spec.name)
     if compact:
         store.compact()
     return summary(store)

@@ -8,6 +8,10 @@ The folder is a ``study.location.Location``: a local folder, or a prefix of an o
 (``s3://...``), read and written through pyarrow.fs. Guarantees, with one writing process (the
 study driver) per study folder:
 
+* the reports a driver writes go into a folder of its own under ``results/reports``
+  (``driver-<ns>-<hex>/part-*.parquet``; pyarrow, pandas and DuckDB's ``**/*.parquet`` read
+  it with the rest), so that compaction removes them with one batch delete; after compaction
+  the reports are one part at the top of the folder;
 * a write is atomic: locally a part goes to a hidden temp file (``.<name>.<random>.tmp``, which
   pyarrow, pandas and the ``*.parquet`` glob all skip), is fsynced, then renamed; an object
   store has no rename, so there the part is serialised whole in memory and sent as one object
@@ -25,7 +29,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +41,9 @@ from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNI
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
+# The bytes of its own report parts that a driver keeps for the compaction at its end, which
+# then reads from an object store only the parts that others wrote (a part is tens of kB).
+KEEP_WRITTEN_BYTES = 64 << 20
 
 
 class StoreError(ValueError):
@@ -45,11 +52,13 @@ class StoreError(ValueError):
 
 # --- files ----------------------------------------------------------------------------------
 
-def write_part(table: pa.Table, path: "Location | Path") -> None:
-    """Write ``table`` to ``path`` so that a reader sees the whole file or none of it."""
+def write_part(table: pa.Table, path: "Location | Path") -> pa.Buffer:
+    """Write ``table`` to ``path`` so that a reader sees the whole file or none of it; return its bytes."""
     sink = pa.BufferOutputStream()  # whole in memory first: a failed write sends nothing
     pq.write_table(table, sink)
-    as_location(path).write_bytes(sink.getvalue().to_pybytes())
+    data = sink.getvalue()
+    as_location(path).write_bytes(data.to_pybytes())
+    return data
 
 
 def _part_name() -> str:
@@ -57,17 +66,27 @@ def _part_name() -> str:
     return f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
 
 
+WRITER_PREFIX = "driver-"  # the folder of the report parts one driver wrote
+
+
+def _writer_folder_name() -> str:
+    return f"{WRITER_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+
+
 def _data_files(folder: Location) -> list[Location]:
-    """The files a dataset reader sees in ``folder``: all but those starting with '.' or '_'."""
+    """The files a dataset reader sees in ``folder``, those in the drivers' folders included (all
+    but those whose name, or a folder's on the way, starts with '.' or '_'), in the order they
+    were written."""
     files = []
-    for name, is_file in folder.list():
-        if name.startswith((".", "_")):
+    for relative in folder.files_below():
+        steps = relative.split("/")
+        if any(step.startswith((".", "_")) for step in steps):
             continue
-        if not is_file:
-            raise StoreError(f"{folder / name} is a folder, but {folder} should hold Parquet part files only "
+        if len(steps) > 2 or (len(steps) == 2 and not steps[0].startswith(WRITER_PREFIX)):
+            raise StoreError(f"{folder / steps[0]} is a folder, but {folder} should hold Parquet part files only "
                              f"(pyarrow would read into it); move it out of {folder}")
-        files.append(folder / name)
-    return files
+        files.append(folder / relative)
+    return sorted(files, key=lambda path: (path.name, str(path)))
 
 
 def _checked_schema(path: Location, table: Table, data: pa.Buffer | None = None) -> pa.Schema:
@@ -133,13 +152,16 @@ class _Parts(NamedTuple):
     data: list[pa.Buffer] | None
 
 
-def _parts(folder: Location, table: Table) -> _Parts:
-    """The part files of ``folder``, each checked to be ours, and the schema that unifies them."""
-    paths = _data_files(folder)
-    if folder.local or len(paths) < 2:
+def _parts(folder: Location, table: Table, written: Mapping[Location, pa.Buffer] | None = None) -> _Parts:
+    """The part files of ``folder``, each checked to be ours, and the schema that unifies them.
+    ``written``: the bytes of parts this process wrote there, which need no fetching."""
+    paths, written = _data_files(folder), written or {}
+    if folder.local or (len(paths) < 2 and not written):
         return _Parts(paths, _unified([_checked_schema(path, table) for path in paths], table, folder), None)
 
     def fetch(path: Location) -> pa.Buffer:
+        if path in written:
+            return written[path]
         try:
             return pa.py_buffer(path.read_bytes())
         except (pa.ArrowException, OSError) as err:
@@ -218,6 +240,8 @@ class ResultStore:
         self.trials_dir = self.study_dir / "results" / "trials"
         self.retrain_dir = self.study_dir / "retrain"
         self.ablate_dir = self.study_dir / "ablate"
+        self._writer_dir: Location | None = None  # this store's folder of report parts, made by its first
+        self._written: dict[Location, pa.Buffer] = {}  # remote parts it wrote, up to KEEP_WRITTEN_BYTES
         self._keys: set[tuple[str, int]] | None = None  # loaded from the parts on first need
         self._schema: pa.Schema | None = None             # unified schema of the parts, to refuse conflicts early
         # The trials table as last written: the driver rewrites it on every report, and reading
@@ -255,7 +279,12 @@ class ResultStore:
             unified = unify([self._schema, part.schema])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"these reports do not fit the stored ones: {err}") from None
-        write_part(part, self.reports_dir / _part_name())
+        if self._writer_dir is None:
+            self._writer_dir = self.reports_dir / _writer_folder_name()
+        path = self._writer_dir / _part_name()
+        data = write_part(part, path)
+        if not path.local and sum(b.size for b in self._written.values()) + data.size <= KEEP_WRITTEN_BYTES:
+            self._written[path] = data
         stored.update(fresh)
         self._schema = unified
         return len(fresh)
@@ -265,22 +294,31 @@ class ResultStore:
         return read_table(self.reports_dir, REPORTS)
 
     def compact(self) -> int:
-        """Merge the report parts into one file; return how many parts it replaced.
+        """Merge the report parts into one file at the top of the folder; return how many parts it
+        replaced.
 
-        The merged part is renamed into place before the parts it holds are removed, so a
-        crash in between leaves duplicates (which readers drop and the next compaction
-        removes), never a loss; only the parts read are removed.
+        The merged part is written before the parts it holds are removed, so a crash in between
+        leaves duplicates (which readers drop and the next compaction removes), never a loss. Only
+        the parts read are removed: a driver's folder goes in one batch delete if, listed again
+        after the merge, it holds exactly those; otherwise its parts go one by one.
         """
-        parts = _parts(self.reports_dir, REPORTS)
+        parts = _parts(self.reports_dir, REPORTS, self._written)
         paths = parts.paths
-        if len(paths) < 2:
+        if len(paths) < 2 and all(path.parent == self.reports_dir for path in paths):
             return 0
         merged = _read(parts, REPORTS, self.reports_dir)
-        merged_part = self.reports_dir / _part_name()
-        write_part(merged, merged_part)
+        write_part(merged, self.reports_dir / _part_name())
         # The parts listed above, never a fresh listing: a part written meanwhile is not in `merged`.
+        read_in: dict[Location, set[Location]] = {}
         for path in paths:
-            path.delete()
+            read_in.setdefault(path.parent, set()).add(path)
+        for folder, read in read_in.items():
+            if folder != self.reports_dir and {folder / name for name in folder.files_below()} == read:
+                folder.delete_tree()
+            else:
+                for path in sorted(read, key=str):
+                    path.delete()
+        self._writer_dir, self._written = None, {}  # reports appended after this go to a new folder
         return len(paths)
 
     # --- trials -----------------------------------------------------------------------

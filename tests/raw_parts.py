@@ -35,8 +35,8 @@ def raw_rows(study: "str | Path | Location", table: str = "reports") -> list[dic
     if not folder.exists():
         return []
     rows: list[dict[str, Any]] = []
-    for name, is_file in sorted(folder.list()):
-        if is_file and not name.startswith((".", "_")):  # what pyarrow's dataset reader sees
+    for name in folder.files_below():  # the drivers' folders of report parts included
+        if not any(step.startswith((".", "_")) for step in name.split("/")):  # what pyarrow's reader sees
             part = folder / name
             # One open per part: pq.read_table(path) opens it twice (schema, then data), and a
             # trials.parquet renamed over in between reads as a torn file. ResultStore's reader

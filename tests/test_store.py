@@ -40,7 +40,9 @@ def _row(trial: str, iteration: int, config: dict | None = None, miou: float = 0
 
 
 def _parts(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    """The part files a dataset reader reads, the drivers' folders included, in the order written."""
+    return sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
 
 
 def test_reports_round_trip_keeps_every_value_and_type(tmp_path):
@@ -150,11 +152,17 @@ def test_pandas_pyarrow_and_duckdb_read_the_folders(tmp_path):
     frame = pd.read_parquet(reports)
     assert list(frame.columns) == expected and len(frame) == 4
     assert ds.dataset(reports).to_table().num_rows == 4
-    parts, trials_parts = f"read_parquet('{reports}/*.parquet')", f"read_parquet('{trials}/*.parquet')"
+    # While a study runs, its driver's parts are in a folder of their own: DuckDB globs them with **.
+    parts, trials_parts = f"read_parquet('{reports}/**/*.parquet')", f"read_parquet('{trials}/*.parquet')"
     assert duckdb.sql(f"select * from {parts}").columns == expected
     assert duckdb.sql(f"select count(*), max(val_miou) from {parts}").fetchall() == [(4, 0.5)]
     assert duckdb.sql(f"select trial_id, status from {trials_parts}").fetchall() == [("t1", "finished")]
     assert list(pd.read_parquet(trials).columns) == TRIAL_FIELDS.names + [f"config.{k}" for k in CONFIG]
+    # Compacted (the end of a study), they are one file at the top: both globs read it.
+    assert store.compact() == 2 and [p.parent for p in _parts(reports)] == [reports]
+    for pattern in ("*.parquet", "**/*.parquet"):
+        assert duckdb.sql(f"select count(*) from read_parquet('{reports}/{pattern}')").fetchall() == [(4,)]
+    assert len(pd.read_parquet(reports)) == 4
 
 
 def test_temp_files_are_invisible_to_every_reader(tmp_path):
@@ -163,13 +171,16 @@ def test_temp_files_are_invisible_to_every_reader(tmp_path):
     store = ResultStore(tmp_path, "s")
     store.append_reports([_row("t1", 3)])
     reports = tmp_path / "results" / "reports"
-    # What a writer killed mid-write leaves behind: half a file under a temp name.
-    (reports / ".part-1-deadbeef.parquet.0a1b2c3d.tmp").write_bytes(b"PAR1 half a file")
+    (part,) = _parts(reports)
+    # What a writer killed mid-write leaves behind: half a file under a temp name, in the driver's
+    # folder, and at the top of the folder (a compaction's merged part).
+    for folder in (part.parent, reports):
+        (folder / ".part-1-deadbeef.parquet.0a1b2c3d.tmp").write_bytes(b"PAR1 half a file")
 
     assert ResultStore(tmp_path, "s").reports().num_rows == 1
     assert ds.dataset(reports).to_table().num_rows == 1
     assert len(pd.read_parquet(reports)) == 1
-    assert duckdb.sql(f"select count(*) from read_parquet('{reports}/*.parquet')").fetchall() == [(1,)]
+    assert duckdb.sql(f"select count(*) from read_parquet('{reports}/**/*.parquet')").fetchall() == [(1,)]
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):

@@ -236,8 +236,8 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
                               text=True)
     study_uri = as_location(root) / "resume"
     reports = "killed/studies/resume/results/reports"
-    _kill_when(driver, lambda: len(fs.get_file_info(pafs.FileSelector(reports, allow_not_found=True))) >= 6,
-               timeout=180)
+    parts_in = pafs.FileSelector(reports, allow_not_found=True, recursive=True)  # the driver's folder of parts
+    _kill_when(driver, lambda: len(fs.get_file_info(parts_in)) >= 6, timeout=180)
     written = raw_rows(study_uri)
     assert written and not repeated(written, "trial_id", "iteration")  # the first run: each report once
     unsaved = _unsaved(study_uri)
@@ -247,7 +247,7 @@ def test_a_driver_killed_mid_study_resumes_elsewhere_with_only_the_s3_uri(ray_lo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert S3_SECRET not in resumed.stdout + resumed.stderr
     all_trials, rows = raw_rows(study_uri, "trials"), raw_rows(study_uri)
-    assert len(fs.get_file_info(pafs.FileSelector(reports))) > 1  # not compacted: the parts as written
+    assert len(fs.get_file_info(pafs.FileSelector(reports, recursive=True))) > 2  # not compacted: the parts as written
     assert not repeated(all_trials, "trial_id")
     spec = json.loads(fs.open_input_stream("killed/studies/resume/study.json").read())["spec"]
     snapshot = tmp_path / "optuna.db"

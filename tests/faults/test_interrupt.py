@@ -42,7 +42,7 @@ def test_ctrl_c_saves_the_study_exits_130_and_resume_finishes_each_report_once(t
     reports = root / "cc" / "results" / "reports"
     deadline = time.monotonic() + 300  # only a wait: what it waits for decides, not the clock
     while time.monotonic() < deadline and driver.poll() is None:
-        if reports.is_dir() and len(list(reports.glob("*.parquet"))) >= 2:
+        if reports.is_dir() and len(list(reports.rglob("*.parquet"))) >= 2:
             break
         time.sleep(0.1)
     assert driver.poll() is None, "the study ended before it could be interrupted: " + driver.stderr.read()[-2000:]
