@@ -13,8 +13,9 @@ ends): on an object store each rewrite is a request, and the progress it holds i
 reports already. A driver killed in between leaves a row behind its reports, and the
 driver that resumes takes the progress from them (``_catch_up_with_reports``).
 
-Both writes are done off Tune's loop, in order (study/write_behind.py); ``get_state``, which
-Tune calls at each snapshot of the experiment, waits for them.
+Both writes are done off Tune's loop, in order (study/write_behind.py), and so are the rung file
+writes of the study's ASHA scheduler (``rungs``), queued before the report of the same result;
+``get_state``, which Tune calls at each snapshot of the experiment, waits for them all.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ from study.write_behind import WriteBehind
 
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
-                 stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0) -> None:
+                 stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0,
+                 rungs: Any = None) -> None:
         self.folder, self.spec, self.study = as_location(folder), spec, spec.name
+        # The PersistentASHA of the study, whose rung file this callback's writer writes. Tune
+        # pickles it in one piece with this callback, so a restored Tuner's are the same object.
+        self.rungs = rungs
         self.stop_reason = stop_reason
         self.show_progress = show_progress
         self.progress_every_s = progress_every_s
@@ -65,7 +70,7 @@ class StoreCallback(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Defaults first: an experiment pickled before these existed.
         self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "_written_at": float("-inf"),
-                              "_unwritten": False, "_writes": None, **state})
+                              "_unwritten": False, "_writes": None, "rungs": None, **state})
 
     @property
     def writes(self) -> WriteBehind:
@@ -104,6 +109,10 @@ class StoreCallback(Callback):
                            best_val_miou=max(seen["best"], row.get("best_val_miou") or float("-inf")))
 
     # --- Tune's hooks -----------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        if self.rungs is not None:  # once per run: a fresh writer, as the scheduler's was left unpickled
+            self.rungs.writes = self.writes
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
         row.update(status=RUNNING, started=row.get("started") or _now(), ended=None, stop_reason=None)

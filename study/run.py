@@ -409,7 +409,8 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
-    callback = StoreCallback(folder, spec, show_progress=progress, stop_reason=reason)
+    callback = StoreCallback(folder, spec, show_progress=progress, stop_reason=reason,
+                             rungs=scheduler if isinstance(scheduler, PersistentASHA) else None)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,

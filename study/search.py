@@ -28,6 +28,7 @@ from search_spaces import SearchSpace
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
 from study.records import METRIC
+from study.write_behind import WriteBehind
 from study.location import Location, as_location
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,11 @@ class PersistentASHA(ASHAScheduler):
     """ASHA on the trainer's iterations, whose rungs survive a driver restart.
 
     ``state_path`` None keeps the rungs in memory only: a simulated study, which has no driver to lose.
+    ``writes``, set by the driver's StoreCallback for each run, writes the rung file off Tune's loop,
+    in order with the reports: Tune asks the scheduler about a result before it hands the result to
+    the callbacks, so a result's rungs are queued, and stored, before its report, as when they were
+    written on the loop (where every running trial waited for each write). Without it (a scheduler
+    used on its own) the file is written at once.
     """
 
     def __init__(self, state_path: "str | Path | Location | None", **kwargs: Any) -> None:
@@ -168,6 +174,10 @@ class PersistentASHA(ASHAScheduler):
         self._loaded = False
         self._stopped: set[str] = set()
         self._saved = ""  # the JSON last written: a result that moved no rung writes nothing
+        self.writes: WriteBehind | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles the scheduler with the experiment
+        return {**self.__dict__, "writes": None}
 
     def _load(self) -> None:
         # Lazily: Tuner.restore unpickles this object without calling __init__.
@@ -194,7 +204,11 @@ class PersistentASHA(ASHAScheduler):
                                          for b in internals.asha_brackets(self)],
                             "stopped": sorted(self._stopped)})
         if state != getattr(self, "_saved", ""):  # getattr: a scheduler pickled before _saved existed
-            as_location(self._state_path).write_text(state)
+            path, writes = as_location(self._state_path), getattr(self, "writes", None)
+            if writes is None:
+                path.write_text(state)
+            else:
+                writes.submit(path.uri, lambda: path.write_text(state))
             self._saved = state
 
     def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001 - Ray's signature

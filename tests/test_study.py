@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -13,6 +14,7 @@ import torch
 
 from conftest import tiny_overrides
 from raw_parts import raw_rows, repeated
+from study.location import as_location
 from study.run import run_study
 from study.spec import StudySpec, read_study_json
 from study.store import ResultStore
@@ -68,16 +70,46 @@ def asha_study(ray_local, tmp_path_factory, space_file):
     # checkpoint_every: an hour, so that no trial of seconds takes a checkpoint.
     from ray.tune.analysis import experiment_analysis
 
-    fetch = experiment_analysis.ExperimentAnalysis._fetch_trial_dataframe
-    with pytest.MonkeyPatch.context() as patch:  # what Tune's closing read of the results reads
+    from study.location import Location
+
+    fetch, write_text = experiment_analysis.ExperimentAnalysis._fetch_trial_dataframe, Location.write_text
+
+    def write_and_note(self: Location, text: str) -> None:
+        if self.name == "asha_rungs.json":
+            RUNG_WRITERS.append(threading.current_thread().name)
+        write_text(self, text)
+
+    with pytest.MonkeyPatch.context() as patch:  # what Tune's closing read reads; who writes the rungs
         patch.setattr(experiment_analysis.ExperimentAnalysis, "_fetch_trial_dataframe",
                       lambda self, trial: CLOSING_READS.append(trial.trial_id) or fetch(self, trial))
+        patch.setattr(Location, "write_text", write_and_note)
         summary = run_study(_spec("asha", space_file, checkpoint_every=3600), root, progress=False,
                             say=lambda _: None, compact=False)
     return root / "asha", summary
 
 
 CLOSING_READS: list[str] = []  # the trials whose result.json Tune read at the end of the fixture's fit
+RUNG_WRITERS: list[str] = []  # the thread of each write of the fixture's asha_rungs.json
+
+
+def test_the_rung_file_is_written_off_tunes_loop_by_the_drivers_writer_also_after_a_restore(asha_study):
+    """Every write of asha_rungs.json went to the StoreCallback's writer thread (Tune's loop, the
+    main thread, never waited on one), and a restored Tuner's callback writes for the scheduler
+    that Tune runs: both come out of one pickle, so they are still linked."""
+    from study.callbacks import StoreCallback
+    from study.run import _store_callback, _tuner
+
+    folder, _ = asha_study
+    assert len(RUNG_WRITERS) >= 4 and set(RUNG_WRITERS) == {"study-write-behind"}
+    spec = read_study_json(folder)
+    tuner = _tuner(spec, as_location(folder), grace=3, resume=True, progress=False)
+    callback = _store_callback(tuner)
+    assert isinstance(callback, StoreCallback)
+    # The scheduler the restored Tuner hands to Tune (Ray's private attribute: a test may look).
+    assert callback.rungs is tuner._local_tuner._tune_config.scheduler
+    assert callback.rungs.writes is None  # unpickled without a writer, until this run's setup
+    callback.setup()
+    assert callback.rungs.writes is callback.writes
 
 
 def test_asha_stops_trials_and_optuna_records_them_as_pruned(asha_study):
