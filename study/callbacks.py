@@ -38,6 +38,13 @@ from study.store import ResultStore
 from study.write_behind import WriteBehind
 
 
+# How long the driver's idle writer waits for the rest of a step of Tune's loop: a trial that ends
+# and the one Tune starts in its place rewrite the trials table once, and a result's rungs and
+# report go out together. A killed driver may lose writes this much younger than it would have,
+# all of them of results after Tune's last snapshot (which waits for the writer).
+WRITES_LINGER_S = 0.05
+
+
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
                  stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0,
@@ -76,7 +83,7 @@ class StoreCallback(Callback):
     def writes(self) -> WriteBehind:
         """The writer of the store's files: ``writes.flush()`` waits until all handed over are written."""
         if self._writes is None:
-            self._writes = WriteBehind()
+            self._writes = WriteBehind(linger_s=WRITES_LINGER_S)
         return self._writes
 
     @property
@@ -232,7 +239,8 @@ class StoreCallback(Callback):
             self._unwritten = True
             return
         store, rows = self.store, [dict(row) for row in self._trials.values()]  # as they are now
-        self.writes.submit("trials", lambda: store.write_trials(rows))
+        # Merged only with a rewrite just before it: never ahead of a report handed over earlier.
+        self.writes.submit("trials", lambda: store.write_trials(rows), adjacent=True)
         self._written_at, self._unwritten = now, False
 
     def counts(self) -> dict[str, int]:

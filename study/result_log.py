@@ -1,5 +1,4 @@
-"""Tune's own record of each trial (``result.json``, ``params.json``, ``params.pkl``), written
-where the study lives.
+"""Tune's own record of each trial (``result.json``, ``params.json``), written where the study lives.
 
 Ray Tune's ``JsonLoggerCallback`` writes these files into the driver's staging folder, and Tune
 uploads that whole folder every time it snapshots the experiment (every 2 s here): every
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
@@ -40,7 +38,7 @@ from trainer.config import first_line
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE, PARAMS_FILE, PARAMS_PICKLE = "result.json", "params.json", "params.pkl"
+RESULTS_FILE, PARAMS_FILE = "result.json", "params.json"
 
 
 class ResultLog(Callback):
@@ -80,12 +78,12 @@ class ResultLog(Callback):
         self.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        folder = self._folder(trial)
-        params, pickled = folder / PARAMS_FILE, folder / PARAMS_PICKLE
+        # Tune's JsonLoggerCallback also pickles the config (params.pkl), for configs JSON cannot
+        # hold; a study's are sampled numbers and names, and nothing in Ray reads that file back:
+        # on an object store it was a request a trial for nothing.
+        params = self._folder(trial) / PARAMS_FILE
         text = json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
-        data = cloudpickle.dumps(trial.config)
         self._writes.submit(params.uri, lambda: params.write_text(text))
-        self._writes.submit(pickled.uri, lambda: pickled.write_bytes(data))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         lines = self._lines.get(trial.trial_id)

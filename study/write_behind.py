@@ -5,7 +5,14 @@ its result: every write made there (a report part, the trials table, a trial's `
 is time that every running trial waits. On an object store that is a round trip each, about
 12 ms on moto here, several a result. ``WriteBehind`` takes those writes and does them in the
 order given, on one thread. A write to a key that is still waiting takes the place of the one
-before (a file rewritten whole needs only its latest content).
+before (a file rewritten whole needs only its latest content), keeping that one's place in the
+order; with ``adjacent=True`` only if nothing was handed over between the two, so that its content
+never lands before a write handed over ahead of it (the trials table saying a trial ended before
+that trial's last report is stored).
+
+``linger_s``: a writer that was idle waits that long before it starts, so that the writes of one
+step of Tune's loop go as one (a trial that ends and the one started in its place: one rewrite
+of the trials table, not two). A flush never waits for it.
 
 ``flush()`` returns once everything handed over before it is written. The callbacks call it when
 Tune snapshots the experiment (``Callback.get_state``, called before the snapshot is uploaded), so
@@ -21,23 +28,33 @@ the write's error before.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable, Hashable
 
 
 class WriteBehind:
-    def __init__(self) -> None:
-        self._waiting: OrderedDict[Hashable, Callable[[], None]] = OrderedDict()
+    def __init__(self, linger_s: float = 0.0) -> None:
+        self.linger_s = linger_s
+        self._waiting: OrderedDict[tuple[Hashable, int], Callable[[], None]] = OrderedDict()
+        self._slots: dict[Hashable, int] = {}  # key -> the number of its latest place in the order
         self._changed = threading.Condition()
         self._writing = False
+        self._flushes = 0  # flushes waiting: the writer does not linger while there is one
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def submit(self, key: Hashable, write: Callable[[], None]) -> None:
-        """Do ``write()`` after the writes handed over before it; it replaces a waiting write of ``key``."""
+    def submit(self, key: Hashable, write: Callable[[], None], adjacent: bool = False) -> None:
+        """Do ``write()`` after the writes handed over before it; it replaces a waiting write of
+        ``key`` (with ``adjacent``, only one handed over just before it)."""
         with self._changed:
             self._raise_error()
-            self._waiting[key] = write  # a waiting key keeps its place in the order
+            slot = (key, self._slots.get(key, 0))
+            if slot in self._waiting and (not adjacent or next(reversed(self._waiting)) == slot):
+                self._waiting[slot] = write  # in the place of the one it replaces
+            else:
+                self._slots[key] = slot[1] + 1
+                self._waiting[(key, slot[1] + 1)] = write
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="study-write-behind", daemon=True)
                 self._thread.start()
@@ -46,8 +63,13 @@ class WriteBehind:
     def flush(self) -> None:
         """Wait until every write handed over so far is done; raise the first error since the last call."""
         with self._changed:
-            while self._waiting or self._writing:
-                self._changed.wait()
+            self._flushes += 1
+            self._changed.notify_all()
+            try:
+                while self._waiting or self._writing:
+                    self._changed.wait()
+            finally:
+                self._flushes -= 1
             self._raise_error()
 
     def _raise_error(self) -> None:
@@ -56,10 +78,15 @@ class WriteBehind:
             raise error
 
     def _run(self) -> None:
+        idle = True  # nothing was waiting when the last write ended
         while True:
             with self._changed:
                 while not self._waiting:
                     self._changed.wait()
+                if idle:  # let the rest of this step of Tune's loop join in
+                    until = time.monotonic() + self.linger_s
+                    while not self._flushes and (left := until - time.monotonic()) > 0:
+                        self._changed.wait(left)
                 _, write = self._waiting.popitem(last=False)
                 self._writing = True
             try:
@@ -69,5 +96,5 @@ class WriteBehind:
                     self._error = self._error or err
             finally:
                 with self._changed:
-                    self._writing = False
+                    self._writing, idle = False, not self._waiting
                     self._changed.notify_all()

@@ -23,6 +23,41 @@ def test_writes_are_done_in_order_and_a_waiting_key_takes_its_latest_write():
     assert done == ["first", "trials v2", "report"]
 
 
+def test_an_adjacent_only_write_replaces_a_waiting_one_only_if_nothing_came_between():
+    """The trials table saying a trial ended must not be written before that trial's last report:
+    a rewrite handed over after a report stays after it."""
+    writes, done, started, release = WriteBehind(), [], threading.Event(), threading.Event()
+    writes.submit("first", lambda: (started.set(), release.wait(10), done.append("first")))
+    started.wait(10)
+    writes.submit("trials", lambda: done.append("trials v1"), adjacent=True)
+    writes.submit("trials", lambda: done.append("trials v2"), adjacent=True)  # just after: replaces v1
+    writes.submit("report", lambda: done.append("report"))
+    writes.submit("trials", lambda: done.append("trials v3"), adjacent=True)  # a report between: its own place
+    writes.submit("trials", lambda: done.append("trials v4"), adjacent=True)  # replaces v3
+    release.set()
+    writes.flush()
+    assert done == ["first", "trials v2", "report", "trials v4"]
+
+
+def test_an_idle_writer_lingers_for_the_rest_of_a_step_but_a_flush_does_not_wait_for_it():
+    writes, done = WriteBehind(linger_s=3600), []
+    writes.submit("trials", lambda: done.append("trials v1"), adjacent=True)
+    time.sleep(0.2)  # a step of Tune's loop goes on: an hour's linger has not let the writer start
+    assert done == []
+    writes.submit("trials", lambda: done.append("trials v2"), adjacent=True)
+    flushing = threading.Thread(target=writes.flush)
+    flushing.start()
+    flushing.join(timeout=60)  # a flush that waited for the linger would take an hour
+    assert not flushing.is_alive() and done == ["trials v2"]
+
+    soon, later = WriteBehind(linger_s=0.05), []
+    soon.submit("report", lambda: later.append("report"))
+    deadline = time.monotonic() + 30  # only a wait: unflushed, the write still comes after the linger
+    while not later and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert later == ["report"]
+
+
 def test_a_failed_write_is_raised_on_the_next_call_and_the_writes_after_it_are_done():
     writes, done = WriteBehind(), []
 
