@@ -12,7 +12,8 @@ each side first in every other round:
 from run to run a study's time moves by 10-20%, so one pair is not enough to see 10%), then the
 store alone: parts written per second (one report row each, as the driver writes them), and
 whole-table reads per second.
-Then the first S3 study's requests by object, counted from moto's request log (the driver's, the
+Then the overheads paired by round (each round's S3 study against its local one), and the
+first S3 study's requests by object, counted from moto's request log (the driver's, the
 trials' and Tune's own), so that a change can be measured in requests as well as seconds.
 The log is left in the temp folder (its path is the first line printed).
 """
@@ -134,6 +135,12 @@ def main() -> None:
         print(f"| {label} | {', '.join(f'{w:.1f} ({n})' for w, n in runs)} | {median:.1f} | "
               f"{100 * (median - base) / base:+.1f}% | {median_100:.2f} | {100 * (median_100 - base_100) / base_100:+.1f}% "
               f"| {written:.0f} | {read:.1f} |")
+    # The same round's two studies, paired: a machine that is slower for a while slows both.
+    (_, local_runs, *_), (_, s3_runs, *_) = rows
+    paired = statistics.median(s3[0] / local[0] for local, s3 in zip(local_runs, s3_runs)) - 1
+    paired_100 = statistics.median((s3[0] / s3[1]) / (local[0] / local[1]) for local, s3 in zip(local_runs, s3_runs)) - 1
+    print(f"\nPaired by round (the median of each round's s3 / local ratio): wall {100 * paired:+.1f}%, "
+          f"per 100 iterations {100 * paired_100:+.1f}%")
     print(f"\nThe first S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
     print("| object | requests | by method |")
     print("|---|---:|---|")

@@ -1,7 +1,8 @@
 """The driver's view of a running study: every report into Parquet, and a progress line.
 
 ``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports
-are written as they arrive (one atomic part each, compacted at the end), and all of them are
+are written as they arrive (one atomic part for those that arrive together, compacted at the
+end), and all of them are
 stored before Tune saves the snapshot that a resume starts from, so a killed driver loses
 nothing that the resumed trials do not report again; the store drops any (trial, iteration)
 it holds already, so a resumed driver never writes a row twice.
@@ -15,7 +16,8 @@ driver that resumes takes the progress from them (``_catch_up_with_reports``).
 
 Both writes are done off Tune's loop, in order (study/write_behind.py), and so are the rung file
 writes of the study's ASHA scheduler (``rungs``), queued before the report of the same result;
-``get_state``, which Tune calls at each snapshot of the experiment, waits for them all.
+``get_state``, which Tune calls at each snapshot of the experiment, waits for them all. The
+writer lingers ``WRITES_LINGER_S`` when it was idle, so that the writes of a moment go together.
 """
 
 from __future__ import annotations
@@ -35,14 +37,7 @@ from study.records import (ERRORED, FINISHED, INTERRUPTED, METRIC, RUNNING, STAT
 from study.location import Location, as_location
 from study.spec import StudySpec
 from study.store import ResultStore
-from study.write_behind import WriteBehind
-
-
-# How long the driver's idle writer waits for the rest of a step of Tune's loop: a trial that ends
-# and the one Tune starts in its place rewrite the trials table once, and a result's rungs and
-# report go out together. A killed driver may lose writes this much younger than it would have,
-# all of them of results after Tune's last snapshot (which waits for the writer).
-WRITES_LINGER_S = 0.05
+from study.write_behind import WRITES_LINGER_S, WriteBehind
 
 
 class StoreCallback(Callback):
@@ -130,9 +125,9 @@ class StoreCallback(Callback):
             return
         node = str(result.get("node") or result.get("node_ip") or socket.gethostname())
         time_total_s = float(result.get("time_total_s", 0.0))
-        store, reports = self.store, [report_row(self.study, trial.trial_id, result, self._config(trial), node,
-                                                 time_total_s)]
-        self.writes.submit(object(), lambda: store.append_reports(reports))  # each report a part of its own
+        report = report_row(self.study, trial.trial_id, result, self._config(trial), node, time_total_s)
+        # One part for the reports handed over one after another (nothing in between to reorder).
+        self.writes.append("reports", report, self.store.append_reports)
         row = self._trial_row(trial)
         status = row.get("status")
         row["node"] = node

@@ -33,7 +33,7 @@ from ray.tune import Callback
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from study.location import Location, as_location
-from study.write_behind import WriteBehind
+from study.write_behind import WRITES_LINGER_S, WriteBehind
 from trainer.config import first_line
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ResultLog(Callback):
         self._lines: dict[str, list[str]] = {}  # trial id -> its result lines, while it runs
         self._resumed = False  # a study this driver started has no lines stored to look for
         self._swept = False
-        self._writes = WriteBehind()
+        self._writes = WriteBehind(linger_s=WRITES_LINGER_S)  # a trial's results of a moment: one rewrite
 
     # Tune pickles callbacks with the experiment, and a resumed driver unpickles them: it reads the
     # lines back from the files, and sweeps the staging folders Tune makes again for ended trials.

@@ -8,7 +8,8 @@ order given, on one thread. A write to a key that is still waiting takes the pla
 before (a file rewritten whole needs only its latest content), keeping that one's place in the
 order; with ``adjacent=True`` only if nothing was handed over between the two, so that its content
 never lands before a write handed over ahead of it (the trials table saying a trial ended before
-that trial's last report is stored).
+that trial's last report is stored). ``append`` gathers items (report rows) that are handed over
+one after another into one write (one part), nothing written in between, so nothing reordered.
 
 ``linger_s``: a writer that was idle waits that long before it starts, so that the writes of one
 step of Tune's loop go as one (a trial that ends and the one started in its place: one rewrite
@@ -30,7 +31,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
+
+
+# How long the driver's idle writer waits for the writes of the moment to gather: a trial that
+# ends and the one Tune starts in its place rewrite the trials table once, results that come
+# together store their reports as one part and rewrite the rungs once (on an object store each
+# write is a request). A killed driver may lose writes this much younger than it would have, all
+# of them of results after Tune's last snapshot (which waits for the writer): the trials that
+# snapshot knows report them again, one it does not know is recorded lost, as before.
+WRITES_LINGER_S = 0.25
 
 
 class WriteBehind:
@@ -38,6 +48,7 @@ class WriteBehind:
         self.linger_s = linger_s
         self._waiting: OrderedDict[tuple[Hashable, int], Callable[[], None]] = OrderedDict()
         self._slots: dict[Hashable, int] = {}  # key -> the number of its latest place in the order
+        self._gathered: dict[tuple[Hashable, int], list[Any]] = {}  # the items of an ``append`` slot
         self._changed = threading.Condition()
         self._writing = False
         self._flushes = 0  # flushes waiting: the writer does not linger while there is one
@@ -49,16 +60,37 @@ class WriteBehind:
         ``key`` (with ``adjacent``, only one handed over just before it)."""
         with self._changed:
             self._raise_error()
-            slot = (key, self._slots.get(key, 0))
-            if slot in self._waiting and (not adjacent or next(reversed(self._waiting)) == slot):
-                self._waiting[slot] = write  # in the place of the one it replaces
-            else:
-                self._slots[key] = slot[1] + 1
-                self._waiting[(key, slot[1] + 1)] = write
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="study-write-behind", daemon=True)
-                self._thread.start()
-            self._changed.notify_all()
+            slot = self._slot(key, adjacent)
+            self._waiting[slot] = write  # a replaced write keeps its place in the order
+            self._start()
+
+    def append(self, key: Hashable, item: Any, write: Callable[[list[Any]], None]) -> None:
+        """Add ``item`` to the items of the waiting ``write`` of ``key`` handed over just before this
+        call, or else hand over ``write`` of ``[item]``; a write is called with its items once."""
+        with self._changed:
+            self._raise_error()
+            slot = self._slot(key, adjacent=True)
+            if slot in self._waiting:
+                self._gathered[slot].append(item)
+                return
+            items = self._gathered[slot] = [item]
+            self._waiting[slot] = lambda: write(items)
+            self._start()
+
+    def _slot(self, key: Hashable, adjacent: bool) -> tuple[Hashable, int]:
+        """The place in the order of a write of ``key``: that of its waiting write if it may take
+        it, else a new one at the end."""
+        slot = (key, self._slots.get(key, 0))
+        if slot in self._waiting and (not adjacent or next(reversed(self._waiting)) == slot):
+            return slot
+        self._slots[key] = slot[1] + 1
+        return key, slot[1] + 1
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="study-write-behind", daemon=True)
+            self._thread.start()
+        self._changed.notify_all()
 
     def flush(self) -> None:
         """Wait until every write handed over so far is done; raise the first error since the last call."""
@@ -87,7 +119,8 @@ class WriteBehind:
                     until = time.monotonic() + self.linger_s
                     while not self._flushes and (left := until - time.monotonic()) > 0:
                         self._changed.wait(left)
-                _, write = self._waiting.popitem(last=False)
+                slot, write = self._waiting.popitem(last=False)
+                self._gathered.pop(slot, None)  # no item joins a write that has started
                 self._writing = True
             try:
                 write()

@@ -39,6 +39,24 @@ def test_an_adjacent_only_write_replaces_a_waiting_one_only_if_nothing_came_betw
     assert done == ["first", "trials v2", "report", "trials v4"]
 
 
+def test_items_appended_one_after_another_are_written_together_and_nothing_is_reordered():
+    writes, done, started, release = WriteBehind(), [], threading.Event(), threading.Event()
+    writes.submit("first", lambda: (started.set(), release.wait(10), done.append("first")))
+    started.wait(10)
+    part = lambda rows: done.append(tuple(rows))  # noqa: E731 - one part of report rows
+    writes.append("reports", "r1", part)
+    writes.append("reports", "r2", part)  # just after r1: the same part
+    writes.submit("trials", lambda: done.append("trials"), adjacent=True)
+    writes.append("reports", "r3", part)  # the trials table came between: a part of its own
+    writes.submit("rungs", lambda: done.append("rungs"))
+    writes.append("reports", "r4", part)
+    release.set()
+    writes.flush()
+    writes.append("reports", "r5", part)  # the part before has been written: a new one
+    writes.flush()
+    assert done == ["first", ("r1", "r2"), "trials", ("r3",), "rungs", ("r4",), ("r5",)]
+
+
 def test_an_idle_writer_lingers_for_the_rest_of_a_step_but_a_flush_does_not_wait_for_it():
     writes, done = WriteBehind(linger_s=3600), []
     writes.submit("trials", lambda: done.append("trials v1"), adjacent=True)
