@@ -27,7 +27,7 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
@@ -39,11 +39,14 @@ from study.spec import StudySpec
 from study.store import ResultStore
 from study.write_behind import WRITES_LINGER_S, WriteBehind
 
+if TYPE_CHECKING:
+    from study.search import PersistentASHA
+
 
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
                  stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0,
-                 rungs: Any = None) -> None:
+                 rungs: "PersistentASHA | None" = None) -> None:
         self.folder, self.spec, self.study = as_location(folder), spec, spec.name
         # The PersistentASHA of the study, whose rung file this callback's writer writes. Tune
         # pickles it in one piece with this callback, so a restored Tuner's are the same object.

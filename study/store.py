@@ -240,8 +240,9 @@ class ResultStore:
         self.trials_dir = self.study_dir / "results" / "trials"
         self.retrain_dir = self.study_dir / "retrain"
         self.ablate_dir = self.study_dir / "ablate"
-        self._writer_dir: Location | None = None  # this store's folder of report parts, made by its first
+        self._writer_dir: Location | None = None  # this store's folder of report parts, named at its first part
         self._written: dict[Location, pa.Buffer] = {}  # remote parts it wrote, up to KEEP_WRITTEN_BYTES
+        self._written_bytes = 0
         self._keys: set[tuple[str, int]] | None = None  # loaded from the parts on first need
         self._schema: pa.Schema | None = None             # unified schema of the parts, to refuse conflicts early
         # The trials table as last written: the driver rewrites it on every report, and reading
@@ -283,8 +284,8 @@ class ResultStore:
             self._writer_dir = self.reports_dir / _writer_folder_name()
         path = self._writer_dir / _part_name()
         data = write_part(part, path)
-        if not path.local and sum(b.size for b in self._written.values()) + data.size <= KEEP_WRITTEN_BYTES:
-            self._written[path] = data
+        if not path.local and self._written_bytes + data.size <= KEEP_WRITTEN_BYTES:
+            self._written[path], self._written_bytes = data, self._written_bytes + data.size
         stored.update(fresh)
         self._schema = unified
         return len(fresh)
@@ -318,7 +319,8 @@ class ResultStore:
             else:
                 for path in sorted(read, key=str):
                     path.delete()
-        self._writer_dir, self._written = None, {}  # reports appended after this go to a new folder
+        # Reports appended after this go to a new folder.
+        self._writer_dir, self._written, self._written_bytes = None, {}, 0
         return len(paths)
 
     # --- trials -----------------------------------------------------------------------
