@@ -31,9 +31,6 @@ from trainer.config import ConfigError
 # Query options that would put a secret into study.json, Tune's files and every log line.
 _SECRET_OPTIONS = ("key", "secret", "token", "password", "credential")
 HINT = "e.g. s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http, gs://bucket/prefix or a local folder"
-# Small objects read at once from an object store (each is a round trip or more; pyarrow lets go
-# of the GIL while it waits): the store's parts.
-REMOTE_READERS = 16
 
 
 @dataclass(frozen=True)

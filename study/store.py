@@ -36,11 +36,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from study.location import REMOTE_READERS, Location, as_location
+from study.location import Location, as_location
 from study.records import (ABLATE, CONFIG_PREFIX, READS, REPORTS, RETRAIN, RUNNING, TABLE_KEY, TRIALS, VERSION_KEY, Table,
                            plain, to_table)
 
 TRIALS_FILE = "trials.parquet"
+# Parts read at once from an object store (each a round trip or more; pyarrow lets go of the GIL
+# while it waits).
+REMOTE_READERS = 16
 # The bytes of its own report parts that a driver keeps for the compaction at its end, which
 # then reads from an object store only the parts that others wrote (a part is tens of kB).
 KEEP_WRITTEN_BYTES = 64 << 20
