@@ -1,11 +1,10 @@
 """The driver's view of a running study: every report into Parquet, and a progress line.
 
-``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports
-are written as they arrive (one atomic part for those that arrive together, compacted at the
-end), and all of them are
-stored before Tune saves the snapshot that a resume starts from, so a killed driver loses
-nothing that the resumed trials do not report again; the store drops any (trial, iteration)
-it holds already, so a resumed driver never writes a row twice.
+``StoreCallback`` runs on the driver, called by Ray Tune for each trial event. Reports are
+written as they arrive (one atomic part for those that arrive together, compacted at the end),
+and all of them are stored before Tune saves the snapshot that a resume starts from, so a killed
+driver loses nothing that the resumed trials do not report again; the store drops any
+(trial, iteration) it holds already, so a resumed driver never writes a row twice.
 
 The trials table is rewritten at once when a trial's status changes (started, ended,
 errored, retried), and for progress alone (iterations, scores) once ``progress_every_s``

@@ -106,21 +106,19 @@ class Location:
 
     def list(self) -> list[tuple[str, bool]]:
         """(name, is a file) of each entry directly in this folder, sorted; [] if there is none."""
-        try:
-            entries = self.fs.get_file_info(pafs.FileSelector(self.fs_path, allow_not_found=True))
-        except (OSError, pa.ArrowException) as err:
-            raise ConfigError(f"{self}: cannot list it ({_first_line(err)})") from None
-        return sorted((e.base_name, e.type == pafs.FileType.File) for e in entries)
+        return sorted((e.base_name, e.type == pafs.FileType.File) for e in self._entries(recursive=False))
 
     def files_below(self) -> list[str]:
         """The path, relative to this folder, of every file under it at any depth, sorted; [] if
         there is none. On an object store that is one listing request per thousand keys."""
+        base = self.fs_path.rstrip("/") + "/"
+        return sorted(e.path.removeprefix(base) for e in self._entries(recursive=True) if e.type == pafs.FileType.File)
+
+    def _entries(self, recursive: bool) -> list[pafs.FileInfo]:
         try:
-            entries = self.fs.get_file_info(pafs.FileSelector(self.fs_path, allow_not_found=True, recursive=True))
+            return self.fs.get_file_info(pafs.FileSelector(self.fs_path, allow_not_found=True, recursive=recursive))
         except (OSError, pa.ArrowException) as err:
             raise ConfigError(f"{self}: cannot list it ({_first_line(err)})") from None
-        base = self.fs_path.rstrip("/") + "/"
-        return sorted(e.path.removeprefix(base) for e in entries if e.type == pafs.FileType.File)
 
     # --- reading and writing ----------------------------------------------------------
     def read_bytes(self) -> bytes:
