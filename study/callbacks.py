@@ -39,17 +39,20 @@ from study.store import ResultStore
 from study.write_behind import WRITES_LINGER_S, WriteBehind
 
 if TYPE_CHECKING:
+    from study.result_log import ResultLog
     from study.search import PersistentASHA
 
 
 class StoreCallback(Callback):
     def __init__(self, folder: "Location | Path", spec: StudySpec, show_progress: bool = True,
                  stop_reason: str = "asha: below the rung's cutoff", progress_every_s: float = 5.0,
-                 rungs: "PersistentASHA | None" = None) -> None:
+                 rungs: "PersistentASHA | None" = None, result_log: "ResultLog | None" = None) -> None:
         self.folder, self.spec, self.study = as_location(folder), spec, spec.name
         # The PersistentASHA of the study, whose rung file this callback's writer writes. Tune
         # pickles it in one piece with this callback, so a restored Tuner's are the same object.
         self.rungs = rungs
+        # The study's ResultLog (Tune's result files), whose writer a snapshot starts with this one's.
+        self.result_log = result_log
         self.stop_reason = stop_reason
         self.show_progress = show_progress
         self.progress_every_s = progress_every_s
@@ -74,7 +77,7 @@ class StoreCallback(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Defaults first: an experiment pickled before these existed.
         self.__dict__.update({"ctrl_c": None, "progress_every_s": 5.0, "_written_at": float("-inf"),
-                              "_unwritten": False, "_writes": None, "rungs": None, **state})
+                              "_unwritten": False, "_writes": None, "rungs": None, "result_log": None, **state})
 
     @property
     def writes(self) -> WriteBehind:
@@ -180,6 +183,10 @@ class StoreCallback(Callback):
 
     def get_state(self) -> None:
         # Tune snapshots the experiment: what it names must be stored first (nothing else to save).
+        # The ResultLog's writer starts now too (its own get_state, next, waits for it): the snapshot
+        # waits for the slower of the two, not for one after the other.
+        if self.result_log is not None:
+            self.result_log.hurry()
         self.writes.flush()
 
     def flush(self) -> None:

@@ -71,6 +71,10 @@ class ResultLog(Callback):
         """Wait until every file handed over is written."""
         self._writes.flush()
 
+    def hurry(self) -> None:
+        """Start writing the files handed over now, without waiting for them."""
+        self._writes.hurry()
+
     def get_state(self) -> None:
         self.flush()  # Tune snapshots the experiment (there is nothing else to save)
 

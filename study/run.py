@@ -409,8 +409,9 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     reason = "asha: below the rung's cutoff" if spec.scheduler == "asha" else "time budget"
+    result_log = ResultLog(tune_dir / spec.name)
     callback = StoreCallback(folder, spec, show_progress=progress, stop_reason=reason,
-                             rungs=scheduler if isinstance(scheduler, PersistentASHA) else None)
+                             rungs=scheduler if isinstance(scheduler, PersistentASHA) else None, result_log=result_log)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.samples,
@@ -418,7 +419,7 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
                                     time_budget_s=spec.time_budget or None),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=tune_dir.fs_path, storage_filesystem=storage_fs, verbose=0,
-            callbacks=[callback, ResultLog(tune_dir / spec.name)],
+            callbacks=[callback, result_log],
             # More than one: Tune's snapshot may still name an older checkpoint when a driver dies.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
             failure_config=tune.FailureConfig(max_failures=2)),

@@ -159,7 +159,7 @@ def _parts(folder: Location, table: Table, written: Mapping[Location, pa.Buffer]
     """The part files of ``folder``, each checked to be ours, and the schema that unifies them.
     ``written``: the bytes of parts this process wrote there, which need no fetching."""
     paths, written = _data_files(folder), written or {}
-    if folder.local or (len(paths) < 2 and not written):
+    if folder.local or not paths:
         return _Parts(paths, _unified([_checked_schema(path, table) for path in paths], table, folder), None)
 
     def fetch(path: Location) -> pa.Buffer:
@@ -172,7 +172,8 @@ def _parts(folder: Location, table: Table, written: Mapping[Location, pa.Buffer]
                              f"or move it out of {folder}") from None
 
     # Parts are small (rows of scores): each is fetched whole, side by side (pyarrow lets go of the
-    # GIL while it waits), in the parts' order, and then checked and read from memory.
+    # GIL while it waits), in the parts' order, and then checked and read from memory. A single
+    # part too: a lookup and a GET, where its schema and then its rows read in place take five.
     with ThreadPoolExecutor(max_workers=min(REMOTE_READERS, len(paths))) as pool:
         data = list(pool.map(fetch, paths))
     schemas = [_checked_schema(path, table, part) for path, part in zip(paths, data)]

@@ -15,6 +15,9 @@ one after another into one write (one part), nothing written in between, so noth
 step of Tune's loop go as one (a trial that ends and the one started in its place: one rewrite
 of the trials table, not two). A flush never waits for it.
 
+``hurry()`` cuts a linger short without waiting: a snapshot hurries every writer of the driver
+first and then waits for each, so that it waits for the slowest, not for their sum.
+
 ``flush()`` returns once everything handed over before it is written. The callbacks call it when
 Tune snapshots the experiment (``Callback.get_state``, called before the snapshot is uploaded), so
 that the snapshot a resume starts from never names a result whose report is not stored; writes
@@ -52,6 +55,7 @@ class WriteBehind:
         self._changed = threading.Condition()
         self._writing = False
         self._flushes = 0  # flushes waiting: the writer does not linger while there is one
+        self._hurried = False  # the writes waiting now are not to linger (cleared once they are done)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -92,6 +96,13 @@ class WriteBehind:
             self._thread.start()
         self._changed.notify_all()
 
+    def hurry(self) -> None:
+        """Start the waiting writes now, without waiting for them."""
+        with self._changed:
+            if self._waiting:
+                self._hurried = True
+                self._changed.notify_all()
+
     def flush(self) -> None:
         """Wait until every write handed over so far is done; raise the first error since the last call."""
         with self._changed:
@@ -117,7 +128,7 @@ class WriteBehind:
                     self._changed.wait()
                 if idle:  # let the rest of this step of Tune's loop join in
                     until = time.monotonic() + self.linger_s
-                    while not self._flushes and (left := until - time.monotonic()) > 0:
+                    while not (self._flushes or self._hurried) and (left := until - time.monotonic()) > 0:
                         self._changed.wait(left)
                 slot, write = self._waiting.popitem(last=False)
                 self._gathered.pop(slot, None)  # no item joins a write that has started
@@ -130,4 +141,5 @@ class WriteBehind:
             finally:
                 with self._changed:
                     self._writing, idle = False, not self._waiting
+                    self._hurried = self._hurried and not idle
                     self._changed.notify_all()

@@ -192,3 +192,22 @@ def test_the_compaction_reads_back_only_the_parts_other_drivers_wrote_and_remove
     assert sorted(fetched) == sorted([*others, mine[-1]])  # its third part did not fit in what it keeps
     assert one_by_one == [] and len(_parts(study)) == 1  # both drivers' folders went whole
     assert _miou(raw_rows(study)) == _miou(written) and not repeated(raw_rows(study), *KEY)
+
+
+def test_a_single_remote_part_is_fetched_whole_once_and_read_from_memory(s3_server, monkeypatch):
+    """The trials table (one file) and compacted reports (one part) come from a bucket as one GET each
+    (with its lookup), not as pyarrow's reads in place (its schema, then its rows: five requests)."""
+    _, make_bucket = s3_server
+    study = as_location(make_bucket("one-part")) / "s"
+    writer = ResultStore(study, "s")
+    writer.append_reports([_row("a", 3)])
+    writer.write_trials([{"trial_id": "a", "status": "finished", "iterations": 3, "best_val_miou": 0.3}])
+
+    fetched = []
+    read_bytes = Location.read_bytes
+    monkeypatch.setattr(Location, "read_bytes", lambda self: fetched.append(self.name) or read_bytes(self))
+    reader = ResultStore(study, "s")
+    assert [(r["trial_id"], r["status"], r["best_val_miou"]) for r in reader.trials().to_pylist()] == \
+        [("a", "finished", 0.3)]
+    assert _miou(reader.reports().to_pylist()) == _miou([_row("a", 3)])
+    assert fetched == ["trials.parquet", _parts(study)[0].rsplit("/", 1)[-1]]

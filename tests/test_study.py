@@ -95,7 +95,8 @@ RUNG_WRITERS: list[str] = []  # the thread of each write of the fixture's asha_r
 def test_the_rung_file_is_written_off_tunes_loop_by_the_drivers_writer_also_after_a_restore(asha_study):
     """Every write of asha_rungs.json went to the StoreCallback's writer thread (Tune's loop, the
     main thread, never waited on one), and a restored Tuner's callback writes for the scheduler
-    that Tune runs: both come out of one pickle, so they are still linked."""
+    that Tune runs and hurries the ResultLog that Tune runs: all come out of one pickle, so they
+    are still linked."""
     from study.callbacks import StoreCallback
     from study.run import _store_callback, _tuner
 
@@ -110,6 +111,12 @@ def test_the_rung_file_is_written_off_tunes_loop_by_the_drivers_writer_also_afte
     assert callback.rungs.writes is None  # unpickled without a writer, until this run's setup
     callback.setup()
     assert callback.rungs.writes is callback.writes
+    # The ResultLog whose writer a snapshot starts with the callback's is the one Tune runs.
+    from study import ray_internals
+    from study.result_log import ResultLog
+
+    logs = [c for c in ray_internals.tuner_callbacks(tuner) if isinstance(c, ResultLog)]
+    assert len(logs) == 1 and callback.result_log is logs[0]
 
 
 def test_asha_stops_trials_and_optuna_records_them_as_pruned(asha_study):

@@ -76,6 +76,41 @@ def test_an_idle_writer_lingers_for_the_rest_of_a_step_but_a_flush_does_not_wait
     assert later == ["report"]
 
 
+def _done_soon(done: list, expected: list) -> bool:
+    deadline = time.monotonic() + 30  # only a wait: a lingering write would take an hour
+    while done != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return done == expected
+
+
+def test_a_hurried_writer_starts_at_once_without_the_caller_waiting_and_lingers_again_after():
+    writes, done, release = WriteBehind(linger_s=3600), [], threading.Event()
+    writes.submit("rungs", lambda: (release.wait(60), done.append("rungs")))
+    writes.hurry()  # returns while the write is held: the caller does not wait for it
+    assert done == []
+    release.set()
+    assert _done_soon(done, ["rungs"])
+    writes.submit("trials", lambda: done.append("trials"))  # a later moment: it lingers as before
+    time.sleep(0.2)
+    assert done == ["rungs"]
+    writes.flush()
+    assert done == ["rungs", "trials"]
+
+
+def test_a_snapshot_starts_the_result_logs_writes_with_the_stores(tmp_path):
+    """Tune asks the StoreCallback first: it starts the ResultLog's writer too, so that the snapshot
+    waits for the slower of the two writers, not for one after the other."""
+    from study.callbacks import StoreCallback
+    from study.result_log import ResultLog
+    from study.spec import StudySpec
+
+    log = ResultLog(tmp_path / "tune")
+    log._writes, done = WriteBehind(linger_s=3600), []
+    log._writes.submit("result.json", lambda: done.append("result.json"))
+    StoreCallback(tmp_path, StudySpec(name="s"), show_progress=False, result_log=log).get_state()
+    assert _done_soon(done, ["result.json"])  # with no call to the log's own get_state
+
+
 def test_a_failed_write_is_raised_on_the_next_call_and_the_writes_after_it_are_done():
     writes, done = WriteBehind(), []
 
