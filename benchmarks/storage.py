@@ -40,7 +40,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 TINY = {"image_size": 32, "digits_scenes": 64, "digits_eval_scenes": 16, "batch_labeled": 4, "batch_unlabeled": 4,
         "eval_every": 3, "pretrained": "none", "ramp_up": 2, "bank_lead": 1, "confidence_threshold": 0.0,
-        "bank_size": 16, "labeled_fraction": 0.25}
+        "labeled_fraction": 0.25}  # no bank_size: the contrastive space samples it for every trial
 
 
 def study_seconds(root: str, name: str, trials: int) -> tuple[float, int]:

@@ -190,11 +190,15 @@ class StoreCallback(Callback):
         self.writes.flush()
 
     def flush(self) -> None:
-        """Write progress held back, if any, and wait for every write: the driver calls it when
-        ``fit`` ends, however it ends."""
+        """Write progress held back, if any, and wait for every write, the ResultLog's too: the
+        driver calls it when ``fit`` ends, however it ends."""
         if self._unwritten:
             self._write_trials()
+        if self.result_log is not None:
+            self.result_log.hurry()
         self.writes.flush()
+        if self.result_log is not None:
+            self.result_log.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials that Tune ended without a completion event: cut by Ctrl-C (Tune saved them, and

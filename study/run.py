@@ -101,8 +101,9 @@ def _aside(folder: Path) -> Path:
     return kept
 
 
-def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
-    """The paper point's config, and ASHA's grace period (moved if needed), once the space checks out."""
+def check_space(spec: StudySpec) -> tuple[TrainConfig, int, list[str]]:
+    """The paper point's config, ASHA's grace period (moved if needed), and what to tell the user
+    about them, once the space checks out."""
     cfg = spec.paper_config()
     if cfg.dataset != "digits" and not Path(cfg.data_root).is_dir():
         # Checked on the driver: on a cluster the data must sit at the same path on every node.
@@ -113,7 +114,14 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, str | None]:
     for i, point in enumerate(spec.points, start=1):
         spec.search_space.check_point(point, base, what=f"--points entry {i}")
     grace, note = grace_after_ramp_up(spec.grace, cfg)
-    return cfg, grace, note
+    notes = [note] if note and spec.scheduler == "asha" else []
+    # Each trial's sample takes the place of a --set value of a param the space searches.
+    unused = sorted(set(spec.fixed) & set(spec.search_space.distributions()))
+    if unused:
+        notes.append(f"--set {', '.join(unused)}: not used, the space {spec.space!r} samples "
+                     f"{'it' if len(unused) == 1 else 'them'} for every trial (a space of your own can fix "
+                     "or narrow a param: docs/search-spaces.md)")
+    return cfg, grace, notes
 
 
 def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = False, replace: bool = False,
@@ -132,7 +140,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
     if not resume:
         spec.storage = storage
     spec = read_study_json(study_folder(root, spec.name)) if resume else spec.validate()
-    base_cfg, grace, note = check_space(spec)
+    base_cfg, grace, notes = check_space(spec)
     ray_internals.check_release()
     folder = check_folder(spec, root, resume=resume, replace=replace)
     if spec.storage:
@@ -152,7 +160,7 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             write_study_json(folder, spec)
         if on_ready:
             on_ready()
-        if note and spec.scheduler == "asha":
+        for note in notes:
             say(note)
         _ensure_pretrained(base_cfg)
         tuner = _tuner(spec, folder, grace, resume, progress, password)

@@ -290,3 +290,18 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown search space 'defualt': choose one of paper, default, "
                                           "contrastive.*did you mean 'default'"):
         get_space("defualt")
+
+
+def test_a_set_value_of_a_searched_param_is_named_as_unused(tmp_path: Path) -> None:
+    """``--set bank_size=...`` with a space that samples bank_size: every trial's sample replaces it,
+    and the study says so before any trial, naming the param (a conditional one too)."""
+    from study.run import check_space
+    from study.spec import StudySpec
+
+    fixed = {"image_size": 32, "digits_scenes": 64, "pretrained": "none"}
+    notes = check_space(StudySpec(name="s", space="contrastive", fixed={**fixed, "bank_size": 16, "temperature": 0.2}))[2]
+    assert [n for n in notes if n.startswith("--set")] == [
+        "--set bank_size, temperature: not used, the space 'contrastive' samples them for every trial (a space of "
+        "your own can fix or narrow a param: docs/search-spaces.md)"]
+    assert not [n for n in check_space(StudySpec(name="s", space="paper", fixed={**fixed, "bank_size": 16}))[2]
+                if n.startswith("--set")]

@@ -111,6 +111,20 @@ def test_a_snapshot_starts_the_result_logs_writes_with_the_stores(tmp_path):
     assert _done_soon(done, ["result.json"])  # with no call to the log's own get_state
 
 
+def test_the_drivers_last_flush_waits_for_the_result_logs_writes_too(tmp_path):
+    """When ``fit`` raises past its end, Tune calls no ``on_experiment_end``: the driver's flush of
+    the StoreCallback is the last chance for Tune's result files still waiting."""
+    from study.callbacks import StoreCallback
+    from study.result_log import ResultLog
+    from study.spec import StudySpec
+
+    log = ResultLog(tmp_path / "tune")
+    log._writes, done = WriteBehind(linger_s=3600), []
+    log._writes.submit("result.json", lambda: (time.sleep(0.2), done.append("result.json")))
+    StoreCallback(tmp_path, StudySpec(name="s"), show_progress=False, result_log=log).flush()
+    assert done == ["result.json"]
+
+
 def test_a_failed_write_is_raised_on_the_next_call_and_the_writes_after_it_are_done():
     writes, done = WriteBehind(), []
 
