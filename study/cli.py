@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError) as err:
         print(f"semiseg-study: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("semiseg-study: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"semiseg-study: interrupted{f' ({interrupt})' if str(interrupt) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # a failed run: one line, not a traceback
         print(f"semiseg-study: {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -139,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--top", type=int, default=3, help="how many of the study's best configs")
     retrain.add_argument("--seeds", type=int, default=3, help="seeds per config (the same seeds for all)")
     retrain.add_argument("--iterations", type=int, help="training iterations (default: each config's full budget)")
+    retrain.add_argument("--address", help="Ray cluster address (default: the study's, else a local Ray)")
     retrain.add_argument("--quiet", action="store_true", help="no progress bar")
     retrain.set_defaults(handler=_retrain)
 
@@ -232,7 +233,9 @@ def _retrain(args: argparse.Namespace) -> int:
     from study.retrain import retrain, table_text
 
     folder = _study_folder(args.dir, args.name)
-    rows = retrain(folder, top=args.top, seeds=args.seeds, iterations=args.iterations, progress=not args.quiet)
+    with _resumable("retrain"):
+        rows = retrain(folder, top=args.top, seeds=args.seeds, iterations=args.iterations, address=args.address,
+                       progress=not args.quiet)
     print(table_text(rows))
     print(f"results: {folder / 'retrain'} (the report shows them: `semiseg-study report {args.name}`)")
     return 0
@@ -273,11 +276,22 @@ def _ablate(args: argparse.Namespace) -> int:
     from study.ablate import ablate, table_text
 
     folder = _study_folder(args.dir, args.name)
-    rows = ablate(folder, seeds=args.seeds, iterations=args.iterations, rank=args.rank, address=args.address,
-                  progress=not args.quiet)
+    with _resumable("ablate"):
+        rows = ablate(folder, seeds=args.seeds, iterations=args.iterations, rank=args.rank, address=args.address,
+                      progress=not args.quiet)
     print(table_text(rows))
     print(f"results: {folder / 'ablate'} (the report shows them: `semiseg-study report {args.name}`)")
     return 0
+
+
+@contextlib.contextmanager
+def _resumable(command: str) -> Iterator[None]:
+    """Ctrl-C of a command whose finished runs are stored as they end: say how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{command}: the runs that finished are stored; the same command again trains "
+                                "only the others") from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ Runs go to Ray as tasks (each with the study's CPUs and GPUs per trial) and land
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import statistics
@@ -61,11 +62,15 @@ def candidates(folder: "Location | Path", top: int, iterations: int | None = Non
 
 
 def retrain(folder: "Location | Path", top: int = 3, seeds: int = 3, iterations: int | None = None,
-            progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every (candidate, seed) not stored yet on Ray; return all stored rows of this plan."""
+            address: str | None = None, progress: bool = True,
+            say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every (candidate, seed) not stored yet on Ray (``address``'s, else the study's, else a
+    local one); return all stored rows of this plan."""
     seed_list = fresh_seeds(seeds)
     folder = as_location(folder)
     spec = read_study_json(folder)
+    if address:
+        spec = dataclasses.replace(spec, address=address)
     chosen = candidates(folder, top, iterations, spec)
     store = ResultStore(folder, spec.name)
     done = {(r["candidate"], r["seed"], r["iterations"]) for r in store.retrain().to_pylist()}

@@ -47,10 +47,11 @@ def check_folder(spec: StudySpec, root: "str | Path | Location", *, resume: bool
     folder = study_folder(root, spec.name)
     if resume and not folder.is_dir():
         raise ConfigError(f"study {spec.name!r} does not exist in {root}; nothing to resume")
-    if not resume and folder.exists() and not replace:
+    taken = not resume and folder.exists()  # one lookup: in a bucket it is two requests
+    if taken and not replace:
         raise ConfigError(f"study {spec.name!r} already exists in {root}: resume it with "
                           f"`{resume_command(spec.name, root)}`, or choose another --name")
-    if not resume and not folder.local and folder.exists():
+    if taken and not folder.local:
         raise ConfigError(f"study {spec.name!r} already exists in {root}, and an object store has no rename to "
                           "move it aside with --replace: choose another --name, or delete or copy it yourself")
     if not resume and folder.local:  # fail now, not after Ray has started, on a folder that cannot be made
