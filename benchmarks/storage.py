@@ -12,7 +12,8 @@ each side first in every other round:
 from run to run a study's time moves by 10-20%, so one pair is not enough to see 10%), then the
 store alone: parts written per second (one report row each, as the driver writes them), and
 whole-table reads per second.
-Then the overheads paired by round (each round's S3 study against its local one), and the
+Then the overheads paired by round (each round's S3 study against its local one), with the 95%
+bootstrap interval of their median (with few rounds it is wide: it says what a run can show), and the
 first S3 study's requests by object, counted from moto's request log (the driver's, the
 trials' and Tune's own), so that a change can be measured in requests as well as seconds.
 The log is left in the temp folder (its path is the first line printed).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import re
 import socket
 import statistics
@@ -137,10 +139,11 @@ def main() -> None:
               f"| {written:.0f} | {read:.1f} |")
     # The same round's two studies, paired: a machine that is slower for a while slows both.
     (_, local_runs, *_), (_, s3_runs, *_) = rows
-    paired = statistics.median(s3[0] / local[0] for local, s3 in zip(local_runs, s3_runs)) - 1
-    paired_100 = statistics.median((s3[0] / s3[1]) / (local[0] / local[1]) for local, s3 in zip(local_runs, s3_runs)) - 1
-    print(f"\nPaired by round (the median of each round's s3 / local ratio): wall {100 * paired:+.1f}%, "
-          f"per 100 iterations {100 * paired_100:+.1f}%")
+    walls = [s3[0] / local[0] for local, s3 in zip(local_runs, s3_runs)]
+    per_100 = [(s3[0] / s3[1]) / (local[0] / local[1]) for local, s3 in zip(local_runs, s3_runs)]
+    print("\nPaired by round (the median of each round's s3 / local ratio, and its 95% bootstrap interval): "
+          + ", ".join(f"{what} {100 * (statistics.median(ratios) - 1):+.1f}% ({interval(ratios)})"
+                      for what, ratios in (("wall", walls), ("per 100 iterations", per_100))))
     print(f"\nThe first S3 study's requests ({sum(requests.values())}, {sum(requests.values()) / args.trials:.0f} a trial):\n")
     print("| object | requests | by method |")
     print("|---|---:|---|")
@@ -152,6 +155,15 @@ def main() -> None:
 
 
 REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (/\S*) HTTP')
+
+
+def interval(ratios: list[float], resamples: int = 5000) -> str:
+    """The 95% bootstrap interval of the median of ``ratios`` (seeded), as overheads: whether a goal
+    is inside what the rounds allow, not only whether one run's median is."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    low, high = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    return f"{100 * (low - 1):+.1f}% to {100 * (high - 1):+.1f}%"
 
 
 def request_kinds(lines: str) -> Counter:
