@@ -211,4 +211,3 @@ def test_a_single_remote_part_is_fetched_whole_once_and_read_from_memory(s3_serv
         [("a", "finished", 0.3)]
     assert _miou(reader.reports().to_pylist()) == _miou([_row("a", 3)])
     assert fetched == ["trials.parquet", _parts(study)[0].rsplit("/", 1)[-1]]
-
