@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from search_spaces import SearchSpace
-from study.records import (ERRORED, FINISHED, INTERRUPTED, METRIC, RUNNING, STATUSES, STOPPED, config_columns,
-                           report_row)
+from study.records import (ERRORED, FINISHED, INTERRUPTED, LOST, METRIC, RUNNING, STATUSES, STOPPED,
+                           config_columns, report_row)
 from study.location import Location, as_location
 from study.spec import StudySpec
 from study.store import ResultStore
@@ -218,9 +218,7 @@ class StoreCallback(Callback):
             if resumable is None or row["trial_id"] in resumable:
                 row.update(status=INTERRUPTED, stop_reason="interrupted (Ctrl-C): `run --resume` continues it")
             else:
-                row.update(status=STOPPED, ended=_now(),
-                           stop_reason="ended without a result from Ray Tune: the time budget ran out, or the "
-                                       "driver died before Tune saved this trial (its place was sampled again)")
+                row.update(status=STOPPED, ended=_now(), stop_reason=LOST)
         if ended:
             self._write_trials()
 

@@ -47,6 +47,9 @@ METRIC = "val_miou"  # what the searcher maximises and ASHA compares
 # interrupted: cut by Ctrl-C (the study's state was saved); `run --resume` continues it.
 RUNNING, FINISHED, STOPPED, ERRORED, INTERRUPTED = STATUSES = ("running", "finished", "stopped", "errored",
                                                               "interrupted")
+# The stop_reason of a trial that Tune ended without a result: failed in Optuna, not pruned.
+LOST = ("ended without a result from Ray Tune: the time budget ran out, or the driver died before Tune "
+        "saved this trial (its place was sampled again)")
 
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")
 

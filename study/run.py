@@ -404,7 +404,7 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
     # A resume that reaches here has no Tune experiment to restore: its Optuna record starts afresh too.
     storage = open_storage(spec.storage, folder, spec.study_id or spec.name, resume=False, password=password)
     searcher = make_searcher(spec.search_space, sampler, storage=storage, study_name=spec.study_id or spec.name,
-                             points=spec.points)
+                             points=spec.points, record=folder)
     if spec.scheduler == "asha":
         scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
                                    reduction_factor=spec.reduction)

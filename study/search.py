@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
+from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -27,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import SearchSpace
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
-from study.records import METRIC
+from study.records import ERRORED, FINISHED, LOST, METRIC, STOPPED
 from study.write_behind import WriteBehind
 from study.location import Location, as_location
 
@@ -68,13 +69,16 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, storage: Any = None,
                   study_name: str = "simulation", paper_point: bool = True,
-                  points: Sequence[Mapping[str, Any]] = ()) -> "StudySearcher":
+                  points: Sequence[Mapping[str, Any]] = (), record: "Location | None" = None) -> "StudySearcher":
     """The searcher of a study: the space's paper point, then ``points``, first; Optuna's record in
-    ``storage`` (None: in memory, as a simulated study keeps it)."""
+    ``storage`` (None: in memory, as a simulated study keeps it). ``record``: the study's folder,
+    whose Parquet trials table a resumed searcher brings Optuna in line with."""
     first = ([dict(space.paper_point)] if paper_point and space.paper_point else []) + [dict(p) for p in points]
     with quiet_optuna() if storage is None else contextlib.nullcontext():
-        return StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler, storage=storage,
-                             study_name=study_name, points_to_evaluate=first or None)
+        searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
+                                 storage=storage, study_name=study_name, points_to_evaluate=first or None)
+    searcher.record = None if record is None else as_location(record)
+    return searcher
 
 
 class StudySearcher(OptunaSearch):
@@ -142,6 +146,48 @@ class StudySearcher(OptunaSearch):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
                 study.tell(trial.number, state=TrialState.FAIL)
+        record = getattr(self, "record", None)  # None: a searcher pickled before it had one
+        if record is not None:
+            from study.store import ResultStore
+
+            added = add_ended_trials(study, ResultStore(record, record.name).trials().to_pylist())
+            if added:
+                logger.info("added %d ended trials of the Parquet record that Optuna's snapshot lacked", added)
+
+
+# How a trial the Parquet record holds as ended is recorded in Optuna (a LOST one is failed there).
+ENDED_STATES = {FINISHED: TrialState.COMPLETE, STOPPED: TrialState.PRUNED, ERRORED: TrialState.FAIL}
+
+
+def add_ended_trials(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Add to ``study`` the trials that ``rows`` (the Parquet trials table) hold as ended and Optuna
+    does not hold at all, matched by their sampled params; return how many.
+
+    A trial that starts and ends between two of Tune's snapshots, with the driver killed before the
+    next, is stored in Parquet but unknown to Tune's snapshot, and to Optuna's when that is a
+    snapshot too (``--dir s3://...``). Tune samples a trial in its place; its result is real and
+    stays, and Optuna is told it, so that the two records agree and the sampler learns from it.
+    """
+    # Any state: a trial running in Optuna is one Tune's snapshot knows, and Tune tells its end.
+    seen = [trial.params for trial in study.get_trials(deepcopy=False)]
+    added = 0
+    for row in rows:
+        state = TrialState.FAIL if row.get("stop_reason") == LOST else ENDED_STATES.get(row.get("status"))
+        if state is None or not row.get("params") or not row.get("distributions"):
+            continue
+        params = json.loads(row["params"])
+        if params in seen:
+            continue
+        distributions = {name: json_to_distribution(json.dumps(dist))
+                         for name, dist in json.loads(row["distributions"]).items()}
+        score, step = row.get("last_val_miou"), row.get("iterations")
+        intermediate = {int(step): float(score)} if score is not None and step else {}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, state=state, intermediate_values=intermediate,
+            value=float(score) if state == TrialState.COMPLETE and score is not None else None))
+        seen.append(params)
+        added += 1
+    return added
 
 
 def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:

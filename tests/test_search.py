@@ -1,5 +1,6 @@
 """Optuna outcome of a Tune trial, and ASHA rungs that survive a restart (no Ray cluster needed)."""
 
+import json
 from types import SimpleNamespace
 
 from optuna.trial import TrialState
@@ -142,3 +143,57 @@ def test_a_trial_told_before_the_driver_died_is_not_told_again_after_a_restore(t
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     (trial,) = optuna.load_study(study_name="told", storage=url).trials
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.5)
+
+
+def test_a_restored_searcher_adds_the_ended_trials_its_optuna_snapshot_lacks(tmp_path):
+    """A trial asked for after the snapshot and ended before the driver died is in the Parquet
+    table but not in Optuna's snapshot (``--dir s3://``): the restored searcher adds it, as Parquet
+    records it; a trial the snapshot knows, running, is left to Tune to tell; nothing is added twice."""
+    import shutil
+
+    import optuna
+
+    from search_spaces import get_space
+    from study.callbacks import searched_params
+    from study.records import LOST
+    from study.search import make_searcher
+    from study.store import ResultStore
+
+    space, folder = get_space("default"), tmp_path / "study"
+
+    def searcher(db):
+        return make_searcher(space, optuna.samplers.RandomSampler(seed=0), paper_point=False, study_name="s",
+                             storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), record=folder)
+
+    live = searcher(tmp_path / "live.db")
+    configs = {"a": live.suggest("a")}
+    live.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot, "a" running
+    shutil.copy(tmp_path / "live.db", tmp_path / "snapshot.db")  # Optuna's, taken with it
+    configs.update({name: live.suggest(name) for name in "bcde"})  # after the snapshot; then the driver dies
+    rows = [("a", "finished", None, 90, 0.6), ("b", "stopped", "asha", 30, 0.3), ("c", "errored", "raised", 10, None),
+            ("d", "finished", None, 90, 0.7), ("e", "running", None, 10, 0.1)]
+    ResultStore(folder, "s").write_trials([
+        {"trial_id": name, "status": status, "stop_reason": reason, "iterations": iterations, "last_val_miou": score,
+         **searched_params(space, configs[name])} for name, status, reason, iterations, score in rows])
+
+    # The driver that resumes works on Optuna's snapshot (study/optuna_snapshot.py), at the same path.
+    shutil.copy(tmp_path / "snapshot.db", tmp_path / "live.db")
+    restored = searcher(tmp_path / "live.db")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'live.db'}").trials
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in trials}
+    assert len(trials) == 4 == len(by_params)  # a (running, Tune's), and b, c, d added; e is running
+    state = {name: by_params[json.dumps(json.loads(searched_params(space, configs[name])["params"]), sort_keys=True)]
+             for name in "abcd"}
+    assert state["a"].state == TrialState.RUNNING
+    assert (state["b"].state, state["b"].value, state["b"].intermediate_values) == (TrialState.PRUNED, None, {30: 0.3})
+    assert state["c"].state == TrialState.FAIL
+    assert (state["d"].state, state["d"].value) == (TrialState.COMPLETE, 0.7)
+
+    # Once a resume has run, the lost trials it recorded are failed; a second restore adds only those.
+    ResultStore(folder, "s").write_trials([{"trial_id": "e", "status": "stopped", "stop_reason": LOST,
+                                            "iterations": 10, **searched_params(space, configs["e"])}])
+    again = searcher(tmp_path / "live.db")
+    again.restore(str(tmp_path / "searcher.pkl"))
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'live.db'}").trials
+    assert len(trials) == 5 and [t.state for t in trials].count(TrialState.FAIL) == 2

@@ -76,11 +76,14 @@ def _tunes_snapshot(study: Path | Location) -> dict[str, tuple[str, int]]:
     return {t["trial_id"]: (t["status"], int(run["last_result"].get("iteration", 0))) for t, run in trials}
 
 
-def _unsaved(study: Path | Location) -> set[str]:
-    """Trials running in the trials table but unknown to Tune's last snapshot: started after Tune
-    saved its state (as many as run at once). A resume cannot restore them; it records them lost."""
-    running = {t["trial_id"] for t in raw_rows(study, "trials") if t["status"] == RUNNING}
-    return running - set(_tunes_snapshot(study))
+def _unsaved(study: Path | Location) -> tuple[set[str], set[str]]:
+    """Trials of the trials table unknown to Tune's last snapshot, started after Tune saved its
+    state: those running (as many as run at once), which a resume cannot restore and records lost,
+    and those that also ended before the kill, whose results stay (Tune samples a trial in their
+    place, so the study has one more)."""
+    unknown = [t for t in raw_rows(study, "trials") if t["trial_id"] not in _tunes_snapshot(study)]
+    return ({t["trial_id"] for t in unknown if t["status"] == RUNNING},
+            {t["trial_id"] for t in unknown if t["status"] != RUNNING})
 
 
 def test_resume_after_a_killed_driver_finishes_the_same_trials_exactly_once(ray_local, tmp_path):
@@ -172,12 +175,15 @@ def _restored_trials_report_as_an_uninterrupted_run(logged: dict[str, list[dict]
 
 
 def _each_trial_once_and_optuna_agrees(all_trials: list[dict], rows: list[dict], study: optuna.Study,
-                                       unsaved: set[str], optuna_from_snapshot: bool = False) -> None:
-    # A trial started after Tune's last snapshot is recorded as lost, and its place sampled again.
+                                       unsaved: tuple[set[str], set[str]], optuna_from_snapshot: bool = False) -> None:
+    # A trial started after Tune's last snapshot is recorded as lost, and its place sampled again;
+    # one that also ended before the kill keeps its result, and its place is sampled again too.
+    running, ended = unsaved
     lost = [t for t in all_trials if "driver died" in (t["stop_reason"] or "")]
     trials = [t for t in all_trials if t not in lost]
-    assert {t["trial_id"] for t in lost} == unsaved
-    assert len(trials) == 6
+    assert {t["trial_id"] for t in lost} == running
+    assert ended <= {t["trial_id"] for t in trials}
+    assert len(trials) == 6 + len(ended)
     assert {t["status"] for t in all_trials} <= {"finished", "stopped"}
     assert not repeated(rows, "trial_id", "iteration")  # read raw: a row written twice shows
     for t in trials:  # every evaluation of every trial is there, once
