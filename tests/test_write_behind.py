@@ -126,17 +126,22 @@ def test_the_drivers_last_flush_waits_for_the_result_logs_writes_too(tmp_path):
 
 
 def test_a_failed_write_is_raised_on_the_next_call_and_the_writes_after_it_are_done():
-    writes, done = WriteBehind(), []
+    writes, done, handed = WriteBehind(), [], threading.Event()
 
     def refused():
+        handed.wait(60)  # fails only once "b" is handed over: the next call is the flush, always
         raise OSError("the bucket refused")
 
     writes.submit("a", refused)
     writes.submit("b", lambda: done.append("b"))
+    handed.set()
     with pytest.raises(OSError, match="the bucket refused"):
         writes.flush()
     assert done == ["b"]
     writes.flush()  # raised once
+    writes.submit("c", refused)  # a failure after a flush: the next call raises it
+    with pytest.raises(OSError, match="the bucket refused"):
+        writes.flush()
 
 
 def test_tunes_snapshot_waits_for_the_reports_handed_over_before_it(tmp_path, monkeypatch):
