@@ -52,8 +52,9 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def check_keys(self, base: Mapping[str, Any] | None = None, *, samples: int = CHECK_SAMPLES) -> None:
-        """Raise ConfigError unless every config the space can produce is a valid TrainConfig.
+    def check_keys(self, base: Mapping[str, Any] | None = None, *, samples: int = CHECK_SAMPLES) -> set[str]:
+        """Raise ConfigError unless every config the space can produce is a valid TrainConfig;
+        return the params it searches (on some branch).
 
         Runs ``suggest`` on ``samples`` random trials of a throwaway in-memory study
         (seeded, so the check is reproducible), and replays ``paper_point`` through
@@ -74,6 +75,7 @@ class SearchSpace:
         if self.paper_point:
             self.check_point(self.paper_point, base)
         self.check_groups(searched)
+        return searched
 
     def sampled_trials(self, samples: int = CHECK_SAMPLES) -> Iterator[tuple[optuna.trial.Trial, dict[str, Any]]]:
         """``samples`` trials of a throwaway in-memory study with a seeded random sampler, each with

@@ -194,9 +194,7 @@ class StoreCallback(Callback):
         driver calls it when ``fit`` ends, however it ends."""
         if self._unwritten:
             self._write_trials()
-        if self.result_log is not None:
-            self.result_log.hurry()
-        self.writes.flush()
+        self.get_state()  # both writers started, this one's waited for
         if self.result_log is not None:
             self.result_log.flush()
 

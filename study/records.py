@@ -26,12 +26,15 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.evaluation import LOSS_PARTS, Evaluation
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 # 2: the trials table gained params and distributions. 3: reports gained test_miou and the compute
 # columns (devices, device_type), trials gained train_seconds, devices and device_type. 4: retrain
@@ -283,6 +286,19 @@ def stored_config(row: Mapping[str, Any]) -> TrainConfig:
     except ConfigError as err:
         what = row.get("trial_id") or row.get("candidate")
         raise ConfigError(f"{what!r}: its stored config is no longer valid: {err}") from None
+
+
+def stored_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The values Optuna sampled for a stored trial row (its ``params`` column); {} without them."""
+    return json.loads(row["params"]) if row.get("params") else {}
+
+
+def stored_distributions(row: Mapping[str, Any]) -> dict[str, "BaseDistribution"]:
+    """What each of a stored trial row's params was sampled from (its ``distributions`` column)."""
+    from optuna.distributions import json_to_distribution  # optuna only where a row's are read
+
+    return {name: json_to_distribution(json.dumps(dist))
+            for name, dist in json.loads(row.get("distributions") or "{}").items()}
 
 
 # --- rows to an Arrow table ------------------------------------------------------------------

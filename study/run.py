@@ -111,13 +111,13 @@ def check_space(spec: StudySpec) -> tuple[TrainConfig, int, list[str]]:
         raise ConfigError(f"data_root {cfg.data_root!r} is not a folder on this machine (dataset={cfg.dataset}); "
                           "give the dataset's root with --set data_root=PATH")
     base = spec.base_config()
-    spec.search_space.check_keys(base=base)
+    searched = spec.search_space.check_keys(base=base)
     for i, point in enumerate(spec.points, start=1):
         spec.search_space.check_point(point, base, what=f"--points entry {i}")
     grace, note = grace_after_ramp_up(spec.grace, cfg)
     notes = [note] if note and spec.scheduler == "asha" else []
     # Each trial's sample takes the place of a --set value of a param the space searches.
-    unused = sorted(set(spec.fixed) & set(spec.search_space.distributions()))
+    unused = sorted(set(spec.fixed) & searched)
     if unused:
         notes.append(f"--set {', '.join(unused)}: not used, the space {spec.space!r} samples "
                      f"{'it' if len(unused) == 1 else 'them'} for every trial (a space of your own can fix "

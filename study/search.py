@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
-from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -28,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import SearchSpace
 from search_spaces.space import quiet_optuna
 from study import ray_internals as internals
-from study.records import ERRORED, FINISHED, LOST, METRIC, STOPPED
+from study.records import ERRORED, FINISHED, LOST, METRIC, STOPPED, stored_distributions, stored_params
 from study.write_behind import WriteBehind
 from study.location import Location, as_location
 
@@ -75,17 +74,17 @@ def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, s
     whose Parquet trials table a resumed searcher brings Optuna in line with."""
     first = ([dict(space.paper_point)] if paper_point and space.paper_point else []) + [dict(p) for p in points]
     with quiet_optuna() if storage is None else contextlib.nullcontext():
-        searcher = StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler,
-                                 storage=storage, study_name=study_name, points_to_evaluate=first or None)
-    searcher.record = None if record is None else as_location(record)
-    return searcher
+        return StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler, storage=storage,
+                             study_name=study_name, points_to_evaluate=first or None, record=record)
 
 
 class StudySearcher(OptunaSearch):
     """OptunaSearch that records ASHA-stopped trials as pruned and failed trials as failed."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, record: "Location | None" = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The study's folder, whose Parquet trials table a restored searcher brings Optuna in line with.
+        self.record = None if record is None else as_location(record)
         internals.check(self, "OptunaSearch")
         # A study in a remote location keeps Optuna's SQLite on the driver and its snapshot there.
         storage = kwargs.get("storage")
@@ -175,11 +174,10 @@ def add_ended_trials(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> 
         state = TrialState.FAIL if row.get("stop_reason") == LOST else ENDED_STATES.get(row.get("status"))
         if state is None or not row.get("params") or not row.get("distributions"):
             continue
-        params = json.loads(row["params"])
+        params = stored_params(row)
         if params in seen:
             continue
-        distributions = {name: json_to_distribution(json.dumps(dist))
-                         for name, dist in json.loads(row["distributions"]).items()}
+        distributions = stored_distributions(row)
         score, step = row.get("last_val_miou"), row.get("iterations")
         intermediate = {int(step): float(score)} if score is not None and step else {}
         study.add_trial(optuna.trial.create_trial(

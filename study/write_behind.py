@@ -54,7 +54,6 @@ class WriteBehind:
         self._gathered: dict[tuple[Hashable, int], list[Any]] = {}  # the items of an ``append`` slot
         self._changed = threading.Condition()
         self._writing = False
-        self._flushes = 0  # flushes waiting: the writer does not linger while there is one
         self._hurried = False  # the writes waiting now are not to linger (cleared once they are done)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -105,14 +104,10 @@ class WriteBehind:
 
     def flush(self) -> None:
         """Wait until every write handed over so far is done; raise the first error since the last call."""
+        self.hurry()
         with self._changed:
-            self._flushes += 1
-            self._changed.notify_all()
-            try:
-                while self._waiting or self._writing:
-                    self._changed.wait()
-            finally:
-                self._flushes -= 1
+            while self._waiting or self._writing:
+                self._changed.wait()
             self._raise_error()
 
     def _raise_error(self) -> None:
@@ -128,7 +123,7 @@ class WriteBehind:
                     self._changed.wait()
                 if idle:  # let the rest of this step of Tune's loop join in
                     until = time.monotonic() + self.linger_s
-                    while not (self._flushes or self._hurried) and (left := until - time.monotonic()) > 0:
+                    while not self._hurried and (left := until - time.monotonic()) > 0:
                         self._changed.wait(left)
                 slot, write = self._waiting.popitem(last=False)
                 self._gathered.pop(slot, None)  # no item joins a write that has started

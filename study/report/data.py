@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.distributions import BaseDistribution
 
 from study.location import Location, as_location
+from study.records import stored_distributions
 from study.ranking import ranked_study, ranked_trials
 from study.store import ResultStore, StoreError
 from trainer.classes import CLASSES
@@ -59,10 +60,6 @@ class StudyData:
         return names[:width] if len(names) >= width else [f"class {i}" for i in range(width)]
 
 
-def params_of(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(row["params"]) if row.get("params") else {}
-
-
 def load_study(folder: "Location | Path", require_scores: bool = True) -> StudyData:
     """Read a study folder; raise NoFinishedTrialError if no trial has an evaluation yet."""
     folder = as_location(folder)
@@ -76,8 +73,8 @@ def load_study(folder: "Location | Path", require_scores: bool = True) -> StudyD
     reports = sorted(store.reports().to_pylist(), key=lambda r: (r["trial_id"], r["iteration"]))
     params: dict[str, BaseDistribution] = {}
     for row in trials:
-        for name, dist in json.loads(row.get("distributions") or "{}").items():
-            params.setdefault(name, json_to_distribution(json.dumps(dist)))
+        for name, dist in stored_distributions(row).items():
+            params.setdefault(name, dist)
     return StudyData(folder.name, folder, trials, reports, params, store.retrain().to_pylist(),
                      store.ablate().to_pylist(), _grace(folder))
 

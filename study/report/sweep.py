@@ -12,8 +12,8 @@ from optuna.distributions import CategoricalDistribution
 from plotly.subplots import make_subplots
 
 from search_spaces.space import quiet_optuna
-from study.records import ERRORED, FINISHED, INTERRUPTED, RUNNING, STOPPED
-from study.report.data import StudyData, esc, finite, params_of
+from study.records import ERRORED, FINISHED, INTERRUPTED, RUNNING, STOPPED, stored_params
+from study.report.data import StudyData, esc, finite
 
 STATUS_COLOURS = dict(zip((FINISHED, STOPPED, ERRORED, RUNNING, INTERRUPTED),
                           ("#2a9d8f", "#e9c46a", "#e63946", "#457b9d", "#8d99ae")))
@@ -45,7 +45,7 @@ def hover(row: dict[str, Any], score: float | None = None) -> str:
     value = row.get("best_val_miou") if score is None else score
     if finite(value):
         lines.append(f"val mIoU {100 * value:.1f}")
-    lines += [f"{esc(k)} = {fmt(v)}" for k, v in sorted(params_of(row).items())]
+    lines += [f"{esc(k)} = {fmt(v)}" for k, v in sorted(stored_params(row).items())]
     return "<br>".join(lines)
 
 
@@ -167,9 +167,9 @@ def axis_label(name: str, width: int = 12) -> str:
 def parallel_coordinates(data: StudyData) -> go.Figure:
     """Every trial as a line through its params, coloured by its best val mIoU."""
     trials = scored(data)
-    shared = [n for n in data.params if all(n in params_of(t) for t in trials)]
+    shared = [n for n in data.params if all(n in stored_params(t) for t in trials)]
     left_out = [n for n in data.params if n not in shared]
-    dims = [_axis_values(n, data.params[n], [params_of(t)[n] for t in trials]) for n in shared]
+    dims = [_axis_values(n, data.params[n], [stored_params(t)[n] for t in trials]) for n in shared]
     scores = [100 * t["best_val_miou"] for t in trials]
     dims.append(dict(label=MIOU, values=scores))
     # Titles below the axes: wrapped titles grow downwards, into the top ticks if placed above.
@@ -192,9 +192,9 @@ def slices(data: StudyData) -> go.Figure:
     trials = scored(data)
     for i, name in enumerate(data.params):
         row, col = divmod(i, cols)
-        having = [t for t in trials if name in params_of(t)]
+        having = [t for t in trials if name in stored_params(t)]
         fig.add_trace(go.Scatter(
-            x=[params_of(t)[name] for t in having], y=[100 * t["best_val_miou"] for t in having],
+            x=[stored_params(t)[name] for t in having], y=[100 * t["best_val_miou"] for t in having],
             mode="markers", showlegend=False, name=esc(name),
             marker=dict(color=[STATUS_COLOURS.get(t["status"], "grey") for t in having], size=8),
             hovertext=[hover(t) for t in having], hoverinfo="text"), row=row + 1, col=col + 1)
@@ -218,9 +218,9 @@ def _idw_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, size: int = 40) -> tu
 
 def bank_temperature_contour(data: StudyData, x_name: str = "bank_size", y_name: str = "temperature") -> go.Figure:
     """Best val mIoU over memory-bank size x InfoNCE temperature (the trials that sampled both)."""
-    having = [t for t in scored(data) if x_name in params_of(t) and y_name in params_of(t)]
-    x = np.array([params_of(t)[x_name] for t in having], dtype=float)
-    y = np.array([params_of(t)[y_name] for t in having], dtype=float)
+    having = [t for t in scored(data) if x_name in stored_params(t) and y_name in stored_params(t)]
+    x = np.array([stored_params(t)[x_name] for t in having], dtype=float)
+    y = np.array([stored_params(t)[y_name] for t in having], dtype=float)
     z = np.array([100 * t["best_val_miou"] for t in having])
     fig = go.Figure()
     enough = len(having) >= 3 and len(set(x)) > 1 and len(set(y)) > 1
@@ -250,7 +250,7 @@ def importance(data: StudyData) -> go.Figure:
         with quiet_optuna():
             study = optuna.create_study(direction="maximize")
         for t in trials:
-            params = params_of(t)
+            params = stored_params(t)
             study.add_trial(optuna.trial.create_trial(
                 params=params, distributions={n: data.params[n] for n in params}, value=t["best_val_miou"]))
         try:

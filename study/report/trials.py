@@ -9,9 +9,9 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from study.records import ERRORED, STOPPED
+from study.records import ERRORED, STOPPED, stored_params
 from study.rung_ranks import MIN_TRIALS, POOR, rung_ranks
-from study.report.data import StudyData, esc, finite, params_of
+from study.report.data import StudyData, esc, finite
 from study.report.sweep import MIOU, STATUS_COLOURS, fmt, hover, table_height
 
 TOP = 3  # trials in the per-class and bank-fill figures: more would not fit side by side
@@ -148,7 +148,7 @@ def top_table(data: StudyData, count: int = 10) -> go.Figure:
         [f"{100 * t['best_val_miou']:.1f}" for t in top], [t.get("iterations") for t in top],
         [f"{t['wall_seconds']:.0f}" if finite(t.get("wall_seconds")) else "" for t in top],
         [esc(t.get("node") or "") for t in top],
-        *[[fmt(params_of(t)[n]) if n in params_of(t) else "-" for t in top] for n in names],
+        *[[fmt(stored_params(t)[n]) if n in stored_params(t) else "-" for t in top] for n in names],
     ]
     fig = go.Figure(go.Table(header=dict(values=[f"<b>{h}</b>" for h in header], align="left"),
                              cells=dict(values=columns, align="left")))

@@ -17,7 +17,6 @@ proposed config is "trained" by replaying a curve the table predicts for it
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 from pathlib import Path
@@ -25,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from study.records import FINISHED
+from study.records import FINISHED, stored_distributions, stored_params
 from study.rung_ranks import spearman
 from study.simulate.curve import Curve, CurvePoint, config_id, unit
 from study.simulate.surrogate import CurveSurrogate
@@ -115,9 +114,9 @@ class CurveTable:
             points = tuple(CurvePoint(int(r["iteration"]), float(r["val_miou"]), r.get("test_miou"), s)
                            for r, s in zip(trial_rows, seconds))
             first = trial_rows[0]
-            for name, dist in json.loads(first["distributions"] or "{}").items():
-                distributions.setdefault(name, json_to_distribution(json.dumps(dist)))
-            curves.append(Curve(key, first["config_id"], first.get("seed"), json.loads(first["params"]), points, setup))
+            for name, dist in stored_distributions(first).items():
+                distributions.setdefault(name, dist)
+            curves.append(Curve(key, first["config_id"], first.get("seed"), stored_params(first), points, setup))
         return cls(curves, distributions, model)
 
     def nearest(self, params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution] | None = None,
