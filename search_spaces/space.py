@@ -206,7 +206,7 @@ def _contains(dist: BaseDistribution, value: Any) -> bool:
 
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Hide Optuna's "A new study created in memory" line for the check's throwaway study."""
+    """Hide Optuna's "A new study created in ..." line: a log line amid the caller's own output."""
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

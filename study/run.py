@@ -163,6 +163,8 @@ def run_study(spec: StudySpec, root: "str | Path | Location", *, resume: bool = 
             on_ready()
         for note in notes:
             say(note)
+        if spec.storage:
+            say(f"Optuna records the trials in {spec.storage} as study {spec.study_id!r}")
         _ensure_pretrained(base_cfg)
         tuner = _tuner(spec, folder, grace, resume, progress, password)
         callback = _store_callback(tuner)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import warnings
@@ -73,7 +72,9 @@ def make_searcher(space: SearchSpace, sampler: optuna.samplers.BaseSampler, *, s
     ``storage`` (None: in memory, as a simulated study keeps it). ``record``: the study's folder,
     whose Parquet trials table a resumed searcher brings Optuna in line with."""
     first = ([dict(space.paper_point)] if paper_point and space.paper_point else []) + [dict(p) for p in points]
-    with quiet_optuna() if storage is None else contextlib.nullcontext():
+    # Optuna announces every study it creates ("A new study created in RDB ..."), a log line amid
+    # the study's own; where the record lives is the study's to say (run_study, for --storage).
+    with quiet_optuna():
         return StudySearcher(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler, storage=storage,
                              study_name=study_name, points_to_evaluate=first or None, record=record)
 

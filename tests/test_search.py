@@ -145,6 +145,32 @@ def test_a_trial_told_before_the_driver_died_is_not_told_again_after_a_restore(t
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.5)
 
 
+def test_the_searcher_makes_its_optuna_study_without_a_log_line(tmp_path):
+    """Optuna logs "A new study created in RDB ..." amid the study's own output; the study says
+    where its record is itself (run_study, for --storage)."""
+    import logging
+
+    import optuna
+
+    from search_spaces import get_space
+    from study.search import make_searcher
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    optuna_logger = logging.getLogger("optuna")  # Optuna's records do not reach the root logger
+    optuna_logger.addHandler(handler)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+        make_searcher(get_space("default"), optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="q")
+        make_searcher(get_space("default"), optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna_logger.removeHandler(handler)
+    assert optuna.study.get_all_study_names(storage) == ["q"]
+    assert [r.getMessage() for r in seen] == []
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # left as it was
+
+
 def test_a_restored_searcher_adds_the_ended_trials_its_optuna_snapshot_lacks(tmp_path):
     """A trial asked for after the snapshot and ended before the driver died is in the Parquet
     table but not in Optuna's snapshot (``--dir s3://``): the restored searcher adds it, as Parquet

@@ -111,6 +111,7 @@ def test_the_password_is_used_never_stored_and_resume_takes_it_from_pgpassword(
     assert spec["storage"] == f"postgresql://semiseg@127.0.0.1:{postgres}/optuna"
     leaks = [p for p in (tmp_path / "pg").rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
     assert not leaks and PASSWORD not in out.out + out.err
+    assert f"Optuna records the trials in {spec['storage']} as study {spec['study_id']!r}" in out.out
 
     # Without the password anywhere, the resume says where to put it, in one line.
     assert main(["run", "--resume", "pg", "--dir", str(tmp_path), "--quiet"]) == 2
