@@ -408,8 +408,9 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
     searcher = make_searcher(spec.search_space, sampler, storage=storage, study_name=spec.study_id or spec.name,
                              points=spec.points, record=folder)
     if spec.scheduler == "asha":
-        scheduler = PersistentASHA(folder / "asha_rungs.json", max_t=spec.max_iters, grace_period=grace,
-                                   reduction_factor=spec.reduction)
+        # A study that reaches here has no rungs yet (a resume with trials restores Tune's pickled one).
+        scheduler = PersistentASHA(folder / "asha_rungs.json", fresh=True, max_t=spec.max_iters,
+                                   grace_period=grace, reduction_factor=spec.reduction)
     else:
         scheduler = FIFOScheduler()
     # Tune's automatic loggers include TensorBoard, which kept a writer (and an open file) per

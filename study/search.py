@@ -204,6 +204,8 @@ class PersistentASHA(ASHAScheduler):
     """ASHA on the trainer's iterations, whose rungs survive a driver restart.
 
     ``state_path`` None keeps the rungs in memory only: a simulated study, which has no driver to lose.
+    ``fresh``: the scheduler of a study that has no rungs yet, which does not look for the file (in
+    a bucket, two requests before the first trial starts); a copy unpickled on resume reads it.
     ``writes``, set by the driver's StoreCallback for each run, writes the rung file off Tune's loop,
     in order with the reports: Tune asks the scheduler about a result before it hands the result to
     the callbacks, so a result's rungs are queued, and stored, before its report, as when they were
@@ -211,18 +213,18 @@ class PersistentASHA(ASHAScheduler):
     used on its own) the file is written at once.
     """
 
-    def __init__(self, state_path: "str | Path | Location | None", **kwargs: Any) -> None:
+    def __init__(self, state_path: "str | Path | Location | None", *, fresh: bool = False, **kwargs: Any) -> None:
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
         internals.check(self, "ASHAScheduler")
         # A Location (the study's, local or s3://...); it pickles as its URI, with no credentials.
         self._state_path = None if state_path is None else as_location(state_path)
-        self._loaded = False
+        self._loaded = fresh
         self._stopped: set[str] = set()
         self._saved = ""  # the JSON last written: a result that moved no rung writes nothing
         self.writes: WriteBehind | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the scheduler with the experiment
-        return {**self.__dict__, "writes": None}
+        return {**self.__dict__, "writes": None, "_loaded": False}  # a restored one reads the rungs saved
 
     def _load(self) -> None:
         # Lazily: Tuner.restore unpickles this object without calling __init__.

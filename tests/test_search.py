@@ -41,6 +41,22 @@ def test_asha_rungs_survive_a_restart(tmp_path):
     assert forgetful.on_trial_result(None, trials[3], _result(10, 0.55)) == "CONTINUE"
 
 
+def test_a_new_studys_scheduler_reads_no_rung_file_and_its_pickled_copy_does(tmp_path):
+    """``fresh``: no lookup of a file a new study cannot have; Tune's pickled copy (the resume's) reads it."""
+    import pickle
+
+    path = tmp_path / "rungs.json"
+    kwargs = dict(max_t=90, grace_period=10, reduction_factor=3)
+    earlier = PersistentASHA(path, **kwargs)
+    earlier.on_trial_add(None, SimpleNamespace(trial_id="t0"))
+    earlier.on_trial_result(None, SimpleNamespace(trial_id="t0"), _result(10, 0.7))
+    fresh = PersistentASHA(path, fresh=True, **kwargs)
+    assert fresh.rungs()[0][1] == {}
+    restored = pickle.loads(pickle.dumps(fresh))
+    assert restored.rungs()[0][1] == {"t0": 0.7}
+    assert PersistentASHA(path, **kwargs).rungs()[0][1] == {"t0": 0.7}
+
+
 def test_grace_before_the_ramp_up_is_moved_and_said():
     cfg = TrainConfig.from_dict({"ramp_up": 200, "eval_every": 100, "iterations": 900})
     assert grace_after_ramp_up(300, cfg) == (300, None)

@@ -288,6 +288,12 @@ def test_write_trials_replaces_rows_by_trial_id_and_keeps_the_others(tmp_path):
     store.write_trials(list(rows.values()))
     assert ResultStore(tmp_path, "s").trials().to_pylist() == list(rows.values())
 
+    # The store that wrote the table returns it without reading the file back, as a reader gets it.
+    read = ResultStore(tmp_path, "s").trials()
+    (tmp_path / "results" / "trials" / "trials.parquet").unlink()
+    assert store.trials().equals(read, check_metadata=True)
+    assert ResultStore(tmp_path, "s").trials().num_rows == 0
+
     with pytest.raises(ValueError, match="status 'done'"):
         store.write_trials([{"trial_id": "a", "status": "done"}])
     with pytest.raises(ValueError, match="unknown column 'best_miou'"):
