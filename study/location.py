@@ -259,11 +259,11 @@ class ObjectStore(pafs.S3FileSystem):
     and five PUTs for a trial's checkpoint folder), and Ray Tune calls it before each checkpoint
     it uploads. Nothing here or in Tune needs an empty folder to exist (checkpoints, reports and
     state are files), so a folder is made by the first object written under it. Where pyarrow
-    makes folders itself (``copy_files`` of a tree: Tune's upload of the experiment folder every
-    few seconds, one folder per trial), it is told to look before it writes: a folder that
-    exists costs two requests instead of six. It pickles as its own kind, so Tune's trials on
-    other nodes do the same; credentials travel only if they were given explicitly, as they
-    would with pyarrow's own class.
+    makes folders itself, on its C++ side (``copy_files`` of a tree), it is told to look before
+    it writes: a folder that exists costs two requests instead of six (Ray Tune, whose uploads
+    copy trees, gets ``tune_filesystem``, which makes none). It pickles as its own kind, so
+    Tune's trials on other nodes do the same; credentials travel only if they were given
+    explicitly, as they would with pyarrow's own class.
     """
 
     def create_dir(self, path: str, *, recursive: bool = True) -> None:
@@ -276,6 +276,80 @@ class ObjectStore(pafs.S3FileSystem):
     def like(cls, fs: pafs.S3FileSystem) -> "ObjectStore":
         """This class with ``fs``'s options (its endpoint, region, credentials chain)."""
         return cls(**{**_s3_options(fs), "check_directory_existence_before_creation": True})
+
+
+class TuneFiles(pafs.FileSystemHandler):
+    """What Ray Tune writes a study in an object store through: the store itself, except that
+    making a folder does nothing, also where pyarrow's ``copy_files`` asks for one.
+
+    Tune uploads its staging folder of the experiment at every snapshot (every 2 s), and that
+    folder holds an empty one per running trial (where Tune would write the trial's error
+    files). pyarrow's ``copy_files`` makes each folder it copies on the S3 client's C++ side,
+    which ``ObjectStore.create_dir`` cannot reach: three lookups per running trial per snapshot,
+    and a marker object for each new one, for folders that nothing reads (15% of a tiny study's
+    requests). Through this handler the folder is made by the files written under it, as
+    everywhere else. It pickles with the store it wraps, so Tune's trials on every node write
+    their checkpoints the same way.
+    """
+
+    def __init__(self, store: pafs.FileSystem) -> None:
+        self.store = store
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TuneFiles) and self.store.equals(other.store)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return f"{self.store.type_name}-for-tune"
+
+    def normalize_path(self, path: str) -> str:
+        return self.store.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.store.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.store.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        pass  # a prefix exists once an object lies under it
+
+    def delete_dir(self, path: str) -> None:
+        self.store.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.store.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to empty the whole object store (every bucket); delete a study's folder instead")
+
+    def delete_file(self, path: str) -> None:
+        self.store.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.store.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.store.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.store.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.store.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict | None) -> pa.NativeFile:
+        return self.store.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: dict | None) -> pa.NativeFile:
+        return self.store.open_append_stream(path, metadata=metadata)
+
+
+def tune_filesystem(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """The filesystem Ray Tune gets for a study in ``fs``: an object store through ``TuneFiles``."""
+    return pafs.PyFileSystem(TuneFiles(fs)) if isinstance(fs, pafs.S3FileSystem) else fs
 
 
 def _object_store(options: dict) -> ObjectStore:

@@ -12,11 +12,11 @@ as before. A driver that resumes appends to what the killed one wrote. Rewriting
 costs bytes that grow with a trial's results, as Tune's own upload of it at every snapshot did;
 in requests it costs one per result instead of three files per trial per snapshot.
 
-Tune also keeps an empty folder per trial in its staging area, for error files, and its upload
-of that area at every snapshot looks each folder up in the bucket (three requests a folder).
-An ended trial's empty folder is removed, so a snapshot costs requests for the running trials
-only, not for every trial ever started. The files are written off Tune's loop
-(study/write_behind.py), flushed at each snapshot and at the end.
+Tune also keeps an empty folder per trial in its staging area, for error files, and walks that
+area at every snapshot to upload it (in a bucket the folders cost no request: Tune writes
+through ``study.location.tune_filesystem``). An ended trial's empty folder is removed, so a
+snapshot walks the running trials' folders only, not every trial's ever started. The files are
+written off Tune's loop (study/write_behind.py), flushed at each snapshot and at the end.
 """
 
 from __future__ import annotations

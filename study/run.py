@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from trainer.config import ConfigError, TrainConfig, first_line
-from study.location import Location, as_location, check_reachable as check_location
+from study.location import Location, as_location, check_reachable as check_location, tune_filesystem
 from study import ray_internals
 from study.interrupt import CtrlC, StudyInterrupted
 from study.reach import check_nodes_reach
@@ -388,8 +388,8 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     tune_dir = folder / "tune"
     # Tune gets the location's filesystem (it pickles without credentials: every node builds its
-    # own client from its own environment) and the path inside it.
-    storage_fs = None if folder.local else tune_dir.fs
+    # own client from its own environment), one that makes no folder objects, and the path inside it.
+    storage_fs = None if folder.local else tune_filesystem(tune_dir.fs)
     if resume:
         if spec.storage:  # before Tune unpickles the searcher: a missing password is one line, not a traceback
             open_storage(spec.storage, folder, spec.study_id, resume=True, password=password)

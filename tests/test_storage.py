@@ -78,6 +78,15 @@ def _uploaded_in_parts(endpoint: str, bucket: str, prefix: str) -> list[str]:
     return found
 
 
+def _folder_markers(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    """Keys under ``prefix`` that name a folder (end in "/"): empty objects that pyarrow writes
+    for a folder it makes, which a listing through pyarrow shows as folders, not files."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is missing (moto's dependency: pip install -e '.[test]')")
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", []) if item["Key"].endswith("/")]
+
+
 def _fs(endpoint: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
 
@@ -355,3 +364,28 @@ def test_the_s3_client_is_one_request_a_file_keeps_the_users_options_and_pickles
     assert type(kept.fs) is pafs.S3FileSystem
     (kept / "z.json").write_text("{}")
     assert (kept / "z.json").read_text() == "{}"
+
+
+def test_tunes_uploads_of_a_tree_make_no_folder_objects_and_its_filesystem_pickles(s3_server, tmp_path):
+    """Tune uploads its staging folder (an empty folder per running trial) with pyarrow's
+    copy_files; through ``tune_filesystem`` only the files land, with their bytes."""
+    import pickle
+
+    from study.location import parse, tune_filesystem
+
+    endpoint, make_bucket = s3_server
+    root = parse(make_bucket("tunefiles"))
+    (tmp_path / "run_trial_1").mkdir()  # empty, as a running trial's is
+    (tmp_path / "run_trial_2" / "checkpoint_000000").mkdir(parents=True)
+    (tmp_path / "run_trial_2" / "checkpoint_000000" / "state.pt").write_bytes(b"weights")
+    (tmp_path / "experiment_state.json").write_text("{}")
+    fs = tune_filesystem(root.fs)
+    assert pickle.loads(pickle.dumps(fs)).equals(fs)  # what Tune's trials on other nodes get
+    bucket = root.fs_path.split("/")[0]
+
+    for name, through in (("tune", fs), ("plain", root.fs)):
+        pafs.copy_files(str(tmp_path), f"{bucket}/{name}", destination_filesystem=through)
+        assert (root / name / "run_trial_2" / "checkpoint_000000" / "state.pt").read_bytes() == b"weights"
+        assert (root / name / "experiment_state.json").read_text() == "{}"
+    assert _folder_markers(endpoint, bucket, "tune/") == []
+    assert "plain/run_trial_1/" in _folder_markers(endpoint, bucket, "plain/")  # what it saves
