@@ -37,6 +37,17 @@ def sigint_by_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def ray_driver_log(ray, pid: int) -> str:
+    """The end of Ray's own log of a driver process (process ``pid``) that joined the session
+    ``ray``: what Ray's C++ side said while that driver shut down, for an assertion's message."""
+    try:
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        logs = sorted((session / "logs").glob(f"python-core-driver-*_{pid}.log"))
+        return logs[-1].read_text()[-3000:] if logs else f"(no core log of pid {pid} in {session})"
+    except Exception as err:  # noqa: BLE001 - a diagnostic only
+        return f"(Ray's core log unreadable: {err})"
+
+
 def tiny_overrides(**changes: object) -> dict:
     """A digits config small enough for a test: 32x32 scenes, every code path on within a few steps."""
     values = {
