@@ -171,20 +171,23 @@ def test_the_searcher_makes_its_optuna_study_without_a_log_line(tmp_path):
     from search_spaces import get_space
     from study.search import make_searcher
 
+    level = optuna.logging.get_verbosity()
     seen: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = seen.append
     optuna_logger = logging.getLogger("optuna")  # Optuna's records do not reach the root logger
     optuna_logger.addHandler(handler)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default, which announces new studies
     try:
         storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
         make_searcher(get_space("default"), optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="q")
         make_searcher(get_space("default"), optuna.samplers.RandomSampler(seed=0))
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO  # left as it was
     finally:
         optuna_logger.removeHandler(handler)
+        optuna.logging.set_verbosity(level)
     assert optuna.study.get_all_study_names(storage) == ["q"]
     assert [r.getMessage() for r in seen] == []
-    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # left as it was
 
 
 def test_a_restored_searcher_adds_the_ended_trials_its_optuna_snapshot_lacks(tmp_path):
