@@ -391,8 +391,8 @@ def _tuner(spec: StudySpec, folder: Location, grace: int, resume: bool, progress
     # own client from its own environment), one that makes no folder objects, and the path inside it.
     storage_fs = None if folder.local else tune_filesystem(tune_dir.fs)
     if resume:
-        if spec.storage:  # before Tune unpickles the searcher: a missing password is one line, not a traceback
-            open_storage(spec.storage, folder, spec.study_id, resume=True, password=password)
+        # A --storage that cannot be opened (a missing password) was said in one line before Ray
+        # started (check_storage); Tune's unpickled searcher opens it for the study.
         if tune.Tuner.can_restore((tune_dir / spec.name).fs_path, storage_filesystem=storage_fs):
             # Errored trials already used their retries (FailureConfig) and are recorded as failed.
             return tune.Tuner.restore((tune_dir / spec.name).fs_path, trainable=trainable, resume_unfinished=True,
