@@ -252,7 +252,6 @@ class ResultStore:
         # The trials table as last written: the driver rewrites it on every report, and reading
         # the file back each time to merge would double that I/O (one writer per folder).
         self._trial_rows: dict[str, dict[str, Any]] | None = None
-        self._trials_written: pa.Table | None = None  # and as a table: what reading the file gives
 
     # --- reports ----------------------------------------------------------------------
     def existing_keys(self) -> set[tuple[str, int]]:
@@ -339,16 +338,15 @@ class ResultStore:
                 raise ValueError(f"trials row without a trial_id: {row!r:.200}")
             # A trial restored mid-run reports before Tune calls on_trial_start: it is running.
             merged[row["trial_id"]] = {**row, "status": row.get("status") or RUNNING}
-        table = to_table(list(merged.values()), TRIALS, self.study)
-        write_part(table, self.trials_dir / TRIALS_FILE)
-        self._trial_rows, self._trials_written = merged, table  # only once the file holds them
+        write_part(to_table(list(merged.values()), TRIALS, self.study), self.trials_dir / TRIALS_FILE)
+        self._trial_rows = merged  # only once the file holds them
 
     def trials(self) -> pa.Table:
         """One row per trial (empty, with the fixed columns, before the first write). A store that
         wrote the table returns what it wrote without reading it back (one writer per folder: the
         study's summary at its end costs no request)."""
-        if self._trials_written is not None:
-            return self._trials_written
+        if self._trial_rows is not None:
+            return to_table(list(self._trial_rows.values()), TRIALS, self.study)
         return read_table(self.trials_dir, TRIALS)
 
     # --- retrain ----------------------------------------------------------------------
