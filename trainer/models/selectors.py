@@ -72,7 +72,7 @@ class _Blocks:
         self.dtype = dtype
         self.product_dtype = product_dtype or dtype  # the first layer's products' inputs
         self.mask = rows.to(dtype)[:, None, :]  # [K,1,B]: a masked sum over rows is one bmm
-        self.full = bool(rows.all())  # then per-class terms need no mask product
+        self.full = _all(rows)  # then per-class terms need no mask product
         self.num_classes = num_classes
         self.in_stats = self.to_class(self.mask.sum(dim=2))[:, 0]
 
@@ -123,6 +123,15 @@ class _Blocks:
         return self.to_class(torch.bmm(g[:, None, :], a)[:, 0])
 
 
+# The packing's shapes depend on the data (how many pixels of each class), so a compiled term
+# (compile=true) runs it eagerly between its compiled pieces: said here, Dynamo does not try to
+# trace it, and warns of nothing.
+@torch.compiler.disable
+def _all(rows: torch.Tensor) -> bool:
+    return bool(rows.all())
+
+
+@torch.compiler.disable
 def _pack_pixels(x: torch.Tensor, classes: torch.Tensor, num_classes: int, rows: torch.Tensor | slice = slice(None)
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels x[rows] [P,d] (``classes`` theirs) into zero-padded blocks of BLOCK rows of one class:
