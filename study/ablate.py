@@ -110,8 +110,6 @@ def ablate(folder: Path, seeds: int = 3, iterations: int | None = None, rank: in
     seed_list = fresh_seeds(seeds)
     folder = as_location(folder)
     spec = read_study_json(folder)
-    if address:
-        spec = dataclasses.replace(spec, address=address)
     plan = make_plan(folder, spec, rank, iterations)
     store = ResultStore(folder, spec.name)
     wanted = [(variant, variant.config.replace(seed=seed)) for variant in plan.variants for seed in seed_list]
@@ -149,7 +147,8 @@ def ablate(folder: Path, seeds: int = 3, iterations: int | None = None, rank: in
     def finished(rid: str, cfg: TrainConfig, result: dict[str, Any]) -> None:
         store.append_ablate(rows_of(rid, result, first_shared=False))
 
-    run_on_ray(spec, list(jobs.values()), finished, progress, desc="ablate", location=as_location(folder))
+    run_on_ray(spec, list(jobs.values()), finished, progress, desc="ablate", location=as_location(folder),
+               address=address)
     keys = {(rid, variant.label) for (variant, _), rid in zip(wanted, ids)}
     return [r for r in store.ablate().to_pylist() if (r["run_id"], r["variant"]) in keys]
 

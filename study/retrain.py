@@ -12,7 +12,6 @@ Runs go to Ray as tasks (each with the study's CPUs and GPUs per trial) and land
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 import statistics
@@ -69,8 +68,6 @@ def retrain(folder: "Location | Path", top: int = 3, seeds: int = 3, iterations:
     seed_list = fresh_seeds(seeds)
     folder = as_location(folder)
     spec = read_study_json(folder)
-    if address:
-        spec = dataclasses.replace(spec, address=address)
     chosen = candidates(folder, top, iterations, spec)
     store = ResultStore(folder, spec.name)
     done = {(r["candidate"], r["seed"], r["iterations"]) for r in store.retrain().to_pylist()}
@@ -88,7 +85,7 @@ def retrain(folder: "Location | Path", top: int = 3, seeds: int = 3, iterations:
             "iterations": cfg.iterations, "timestamp": dt.datetime.now(dt.timezone.utc),
             **{key: result[key] for key in RETRAIN_MEASURED}, **config_columns(cfg.to_dict())}])
 
-    run_on_ray(spec, jobs, stored, progress, desc="retrain", location=folder)
+    run_on_ray(spec, jobs, stored, progress, desc="retrain", location=folder, address=address)
     wanted = {(c.label, seed, c.config.iterations) for c in chosen for seed in seed_list}
     return [r for r in store.retrain().to_pylist() if (r["candidate"], r["seed"], r["iterations"]) in wanted]
 

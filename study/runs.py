@@ -73,11 +73,11 @@ def train_and_test(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
                store: Callable[[Job, TrainConfig, dict[str, Any]], None], progress: bool = True,
-               desc: str = "runs", location: "Location | None" = None) -> None:
+               desc: str = "runs", location: "Location | None" = None, address: str | None = None) -> None:
     """Run each job's config (its seed set) as a Ray task; call ``store`` with each result as it finishes.
 
-    Joins ``spec.address`` (or starts a local Ray, stopped again at the end); on a cluster, every
-    node must reach the study's ``location`` first (``check_nodes_reach``). On an error or an
+    Joins ``address``, else ``spec.address`` (or starts a local Ray, stopped again at the end); on a
+    cluster, every node must reach the study's ``location`` first (``check_nodes_reach``). On an error or an
     interrupt the runs still pending are stopped, so none keeps a worker busy for nobody.
     """
     if not jobs:
@@ -88,7 +88,7 @@ def run_on_ray(spec: StudySpec, jobs: Sequence[tuple[Job, TrainConfig]],
     from study.reach import check_nodes_reach
     from study.run import _ensure_pretrained, check_fits, connect
 
-    owns_ray = connect(spec.address)
+    owns_ray = connect(address or spec.address)
     pending: dict[Any, tuple[Job, TrainConfig]] = {}
     try:
         check_fits(spec)

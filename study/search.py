@@ -169,14 +169,14 @@ def add_ended_trials(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> 
     stays, and Optuna is told it, so that the two records agree and the sampler learns from it.
     """
     # Any state: a trial running in Optuna is one Tune's snapshot knows, and Tune tells its end.
-    seen = [trial.params for trial in study.get_trials(deepcopy=False)]
+    seen = {_key(trial.params) for trial in study.get_trials(deepcopy=False)}
     added = 0
     for row in rows:
         state = TrialState.FAIL if row.get("stop_reason") == LOST else ENDED_STATES.get(row.get("status"))
         if state is None or not row.get("params") or not row.get("distributions"):
             continue
         params = stored_params(row)
-        if params in seen:
+        if _key(params) in seen:
             continue
         distributions = stored_distributions(row)
         score, step = row.get("last_val_miou"), row.get("iterations")
@@ -184,9 +184,15 @@ def add_ended_trials(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> 
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=distributions, state=state, intermediate_values=intermediate,
             value=float(score) if state == TrialState.COMPLETE and score is not None else None))
-        seen.append(params)
+        seen.add(_key(params))
         added += 1
     return added
+
+
+def _key(params: Mapping[str, Any]) -> tuple:
+    """Sampled params as a set member (Optuna's values are numbers, strings, booleans or None):
+    a resumed study of thousands of trials matches each row in one lookup."""
+    return tuple(sorted(params.items()))
 
 
 def outcome(result: dict | None, error: bool) -> tuple[TrialState, float | None]:

@@ -67,24 +67,25 @@ def _ray_session_dir() -> Path:
     return Path(ray._private.worker._global_node.get_session_dir_path())
 
 
+def _listed(endpoint: str, bucket: str, prefix: str) -> list[dict]:
+    """Every object under ``prefix`` as S3 lists it (key, ETag, ...), folder objects included,
+    which a listing through pyarrow shows as folders, not files."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is missing (moto's dependency: pip install -e '.[test]')")
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item for page in pages for item in page.get("Contents", [])]
+
+
 def _uploaded_in_parts(endpoint: str, bucket: str, prefix: str) -> list[str]:
     """Keys under ``prefix`` that were written as multipart uploads: their ETag is not the MD5 of
     their bytes, as a single PutObject's is, but a digest of the parts' digests with a count."""
-    boto3 = pytest.importorskip("boto3", reason="boto3 is missing (moto's dependency: pip install -e '.[test]')")
-    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
-    found = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found += [item["Key"] for item in page.get("Contents", []) if "-" in item["ETag"]]
-    return found
+    return [item["Key"] for item in _listed(endpoint, bucket, prefix) if "-" in item["ETag"]]
 
 
 def _folder_markers(endpoint: str, bucket: str, prefix: str) -> list[str]:
     """Keys under ``prefix`` that name a folder (end in "/"): empty objects that pyarrow writes
-    for a folder it makes, which a listing through pyarrow shows as folders, not files."""
-    boto3 = pytest.importorskip("boto3", reason="boto3 is missing (moto's dependency: pip install -e '.[test]')")
-    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [item["Key"] for page in pages for item in page.get("Contents", []) if item["Key"].endswith("/")]
+    for a folder it makes."""
+    return [item["Key"] for item in _listed(endpoint, bucket, prefix) if item["Key"].endswith("/")]
 
 
 def _fs(endpoint: str) -> pafs.S3FileSystem:

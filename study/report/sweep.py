@@ -167,9 +167,10 @@ def axis_label(name: str, width: int = 12) -> str:
 def parallel_coordinates(data: StudyData) -> go.Figure:
     """Every trial as a line through its params, coloured by its best val mIoU."""
     trials = scored(data)
-    shared = [n for n in data.params if all(n in stored_params(t) for t in trials)]
+    sampled = [stored_params(t) for t in trials]
+    shared = [n for n in data.params if all(n in p for p in sampled)]
     left_out = [n for n in data.params if n not in shared]
-    dims = [_axis_values(n, data.params[n], [stored_params(t)[n] for t in trials]) for n in shared]
+    dims = [_axis_values(n, data.params[n], [p[n] for p in sampled]) for n in shared]
     scores = [100 * t["best_val_miou"] for t in trials]
     dims.append(dict(label=MIOU, values=scores))
     # Titles below the axes: wrapped titles grow downwards, into the top ticks if placed above.
@@ -190,14 +191,15 @@ def slices(data: StudyData) -> go.Figure:
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[esc(n) for n in names],
                         vertical_spacing=min(0.3, 0.6 / rows), horizontal_spacing=0.08)
     trials = scored(data)
+    sampled, texts = [stored_params(t) for t in trials], [hover(t) for t in trials]  # once a trial, not a panel
     for i, name in enumerate(data.params):
         row, col = divmod(i, cols)
-        having = [t for t in trials if name in stored_params(t)]
+        having = [k for k, p in enumerate(sampled) if name in p]
         fig.add_trace(go.Scatter(
-            x=[stored_params(t)[name] for t in having], y=[100 * t["best_val_miou"] for t in having],
+            x=[sampled[k][name] for k in having], y=[100 * trials[k]["best_val_miou"] for k in having],
             mode="markers", showlegend=False, name=esc(name),
-            marker=dict(color=[STATUS_COLOURS.get(t["status"], "grey") for t in having], size=8),
-            hovertext=[hover(t) for t in having], hoverinfo="text"), row=row + 1, col=col + 1)
+            marker=dict(color=[STATUS_COLOURS.get(trials[k]["status"], "grey") for k in having], size=8),
+            hovertext=[texts[k] for k in having], hoverinfo="text"), row=row + 1, col=col + 1)
         fig.update_xaxes(title_text=esc(name), row=row + 1, col=col + 1,
                          type="log" if getattr(data.params[name], "log", False) else None)
         fig.update_yaxes(title_text=MIOU if col == 0 else None, row=row + 1, col=col + 1)
@@ -218,9 +220,10 @@ def _idw_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, size: int = 40) -> tu
 
 def bank_temperature_contour(data: StudyData, x_name: str = "bank_size", y_name: str = "temperature") -> go.Figure:
     """Best val mIoU over memory-bank size x InfoNCE temperature (the trials that sampled both)."""
-    having = [t for t in scored(data) if x_name in stored_params(t) and y_name in stored_params(t)]
-    x = np.array([stored_params(t)[x_name] for t in having], dtype=float)
-    y = np.array([stored_params(t)[y_name] for t in having], dtype=float)
+    both = [(t, p) for t in scored(data) if x_name in (p := stored_params(t)) and y_name in p]
+    having = [t for t, _ in both]
+    x = np.array([p[x_name] for _, p in both], dtype=float)
+    y = np.array([p[y_name] for _, p in both], dtype=float)
     z = np.array([100 * t["best_val_miou"] for t in having])
     fig = go.Figure()
     enough = len(having) >= 3 and len(set(x)) > 1 and len(set(y)) > 1

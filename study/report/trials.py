@@ -141,6 +141,7 @@ def bank_fill(data: StudyData) -> go.Figure:
 def top_table(data: StudyData, count: int = 10) -> go.Figure:
     """The best trials with the values they were sampled with."""
     top = data.ranked[:count]
+    sampled = [stored_params(t) for t in top]
     names = list(data.params)
     header = ["rank", "trial", "status", MIOU, "iterations", "wall (s)", "node", *map(esc, names)]
     columns: list[list[Any]] = [
@@ -148,7 +149,7 @@ def top_table(data: StudyData, count: int = 10) -> go.Figure:
         [f"{100 * t['best_val_miou']:.1f}" for t in top], [t.get("iterations") for t in top],
         [f"{t['wall_seconds']:.0f}" if finite(t.get("wall_seconds")) else "" for t in top],
         [esc(t.get("node") or "") for t in top],
-        *[[fmt(stored_params(t)[n]) if n in stored_params(t) else "-" for t in top] for n in names],
+        *[[fmt(p[n]) if n in p else "-" for p in sampled] for n in names],
     ]
     fig = go.Figure(go.Table(header=dict(values=[f"<b>{h}</b>" for h in header], align="left"),
                              cells=dict(values=columns, align="left")))
